@@ -1,0 +1,60 @@
+# Tillflow. `make` alone lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+COMPOSE ?= docker compose
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}'
+
+# -- Docker (production path) -------------------------------------------------
+.PHONY: secrets up down destroy logs
+secrets: ## Create random secret files under ./secrets (never overwrites)
+	@bash scripts/make-secrets
+
+up: secrets ## Start the whole stack with docker compose
+	$(COMPOSE) up -d --build
+	@echo "Tillflow is up. Drop CSV files into ./inbox; 'make ps' shows the services."
+
+down: ## Stop the compose stack (keeps data)
+	$(COMPOSE) down
+
+destroy: ## Stop the compose stack and DELETE its volumes
+	$(COMPOSE) down --volumes
+
+logs: ## Follow the compose stack's logs
+	$(COMPOSE) logs -f --tail=100
+
+# -- Native stack (no Docker) ---------------------------------------------------
+.PHONY: deps local local-down local-destroy local-status
+deps: ## Install PostgreSQL, Java, Maven, the virtualenv and Kafka's jars
+	@bash scripts/bootstrap
+
+local: deps ## Start PostgreSQL, 3 Kafka brokers and the services natively; writes .local/env
+	@$(PY) -m devstack.local up
+
+local-down: ## Stop the native stack (keeps data)
+	@$(PY) -m devstack.local down
+
+local-destroy: ## Stop the native stack and DELETE its data
+	@$(PY) -m devstack.local destroy
+
+local-status: ## Show what the native stack runs
+	@$(PY) -m devstack.local status
+
+# -- Development -----------------------------------------------------------------
+.PHONY: test test-unit lock
+test: deps ## Install everything needed, start real services, run the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: deps ## Run the unit tests only (no services)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/pip install -q '.[test]'
+	{ echo "# Pinned dependency tree for Tillflow (runtime + tests). Regenerate with: make lock"; \
+	  .venv-lock/bin/pip freeze --exclude tillflow; } > requirements.lock
+	rm -rf .venv-lock

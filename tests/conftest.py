@@ -1,0 +1,165 @@
+"""Fixtures shared by every test, defined once.
+
+Session-scoped: one real PostgreSQL server and one real three-broker Kafka
+cluster per run (native processes, or containers where Docker answers; see
+``support.services``). They are stopped at the end of the session, even when
+tests fail; native servers also die with this process if it is killed.
+
+Function-scoped: a fresh migrated database and fresh topics per test, so tests
+are independent and clean up after themselves.
+"""
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from support import services
+
+ROLES = ("owner", "writer", "reader", "backup")
+
+
+@pytest.fixture(scope="session")
+def services_root():
+    root = services.make_root()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(services_root):
+    server = services.start_postgres(services_root)
+    yield server
+    server.destroy() if hasattr(server, "destroy") else server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(services_root):
+    cluster = services.start_kafka(services_root)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def running_kafka(kafka):
+    """The cluster with all three brokers up, whatever an earlier fault test did."""
+    for node in kafka.nodes:
+        if not node.running():
+            node.start()
+            node.wait_listening()
+    kafka.wait_ready()
+    return kafka
+
+
+@pytest.fixture
+def running_postgres(postgres):
+    """The server up, whatever an earlier fault test did."""
+    if hasattr(postgres, "running") and not postgres.running():
+        postgres.start()
+    return postgres
+
+
+@pytest.fixture(scope="session")
+def role_passwords() -> dict[str, str]:
+    return {role: secrets.token_hex(12) for role in ROLES}
+
+
+@dataclass
+class MigratedDatabase:
+    name: str
+    server: object
+    passwords: dict[str, str]
+
+    def url(self, role: str = "writer") -> str:
+        if role == "postgres":
+            return self.server.url(dbname=self.name)
+        return self.server.url(f"tillflow_{role}", self.passwords[role], self.name)
+
+    def connect(self, role: str = "postgres"):
+        conn = psycopg2.connect(self.url(role))
+        conn.autocommit = True
+        return conn
+
+
+@contextlib.contextmanager
+def _admin(server):
+    conn = psycopg2.connect(server.url())
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def migrated_db(running_postgres, role_passwords):
+    """A fresh database with every migration applied; dropped after the test."""
+    from tillflow.migrate import apply_migrations
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with _admin(running_postgres) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    apply_migrations(running_postgres.url(dbname=name), role_passwords=role_passwords)
+    db = MigratedDatabase(name, running_postgres, role_passwords)
+    yield db
+    if hasattr(running_postgres, "running") and not running_postgres.running():
+        running_postgres.start()
+    with _admin(running_postgres) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@dataclass
+class Topics:
+    transactions: str
+    rejects: str
+    group: str
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 6) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(name, partitions, 3, topic_configs={
+                "min.insync.replicas": "2", "unclean.leader.election.enable": "false"})]
+        )
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def topics(running_kafka) -> Topics:
+    """Fresh transactions and rejects topics (RF 3, min ISR 2) and consumer group name."""
+    suffix = uuid.uuid4().hex[:10]
+    found = Topics(f"tx-{suffix}", f"rej-{suffix}", f"writer-{suffix}")
+    create_topic(running_kafka.bootstrap_servers, found.transactions)
+    create_topic(running_kafka.bootstrap_servers, found.rejects)
+    return found
+
+
+@pytest.fixture
+def env(migrated_db, running_kafka, topics, tmp_path) -> dict[str, str]:
+    """Environment variables for Tillflow processes wired to this test's database and topics."""
+    return {
+        "DATABASE_URL": migrated_db.url("writer"),
+        "KAFKA_BOOTSTRAP_SERVERS": running_kafka.bootstrap_servers,
+        "KAFKA_TOPIC_TRANSACTIONS": topics.transactions,
+        "KAFKA_TOPIC_REJECTS": topics.rejects,
+        "KAFKA_CONSUMER_GROUP": topics.group,
+        "INBOX_DIR": str(tmp_path / "inbox"),
+        "TILLFLOW_ENV": "test",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return Path(__file__).parent / "data"

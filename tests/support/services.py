@@ -1,0 +1,208 @@
+"""The real services the integration tests run against.
+
+Where a Docker engine answers, PostgreSQL and the three Kafka brokers run as
+containers (testcontainers); elsewhere as native processes (``devstack``).
+Both expose the same surface, so tests never know which:
+
+* postgres: ``url(user, password, dbname)``, ``host``, ``port``, ``stop(mode)``,
+  ``kill()``, ``start()``
+* kafka: ``bootstrap_servers``, ``nodes`` (each ``stop(sig)``, ``kill()``,
+  ``start()``, ``wait_listening()``, ``node_id``), ``wait_ready(brokers=N)``
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from devstack.kafka import KafkaCluster
+from devstack.postgres import NativePostgres
+from devstack.proc import free_port
+
+
+def docker_available() -> bool:
+    """True when a Docker engine answers (not just a client on the PATH)."""
+    if os.environ.get("TILLFLOW_TEST_NATIVE") == "1" or not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def make_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="tillflow-test-"))
+    root.chmod(0o755)  # the postgres user must be able to enter it
+    return root
+
+
+def start_postgres(root: Path):
+    password = secrets.token_hex(16)
+    if docker_available():
+        return DockerPostgres(password)
+    server = NativePostgres(root / "postgres", free_port(), password, attached=True, durable=False)
+    server.start()
+    return server
+
+
+def start_kafka(root: Path):
+    if docker_available():
+        return DockerKafkaCluster()
+    cluster = KafkaCluster(
+        root / "kafka", [free_port() for _ in range(3)], [free_port() for _ in range(3)], attached=True
+    )
+    cluster.start()
+    return cluster
+
+
+# -- Docker (testcontainers) -------------------------------------------------------
+POSTGRES_IMAGE = "postgres:15.14-bookworm"
+KAFKA_IMAGE = "apache/kafka:4.1.1"
+
+
+class DockerPostgres:
+    """PostgreSQL in a container; stop/kill/start act on the container."""
+
+    superuser = "postgres"
+
+    def __init__(self, password: str) -> None:
+        from testcontainers.postgres import PostgresContainer
+
+        self.password = password
+        self._container = PostgresContainer(POSTGRES_IMAGE, username="postgres", password=password, dbname="postgres")
+        self._container.start()
+        self.host = self._container.get_container_host_ip()
+        self.port = int(self._container.get_exposed_port(5432))
+
+    def url(self, user: str = "postgres", password: str | None = None, dbname: str = "postgres") -> str:
+        if user == self.superuser and password is None:
+            password = self.password
+        auth = user + (f":{password}" if password else "")
+        return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}"
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        self._container.get_wrapped_container().stop(timeout=int(timeout))
+
+    def kill(self) -> None:
+        self._container.get_wrapped_container().kill()
+
+    def start(self, timeout: float = 60) -> None:
+        wrapped = self._container.get_wrapped_container()
+        wrapped.start()
+        wrapped.reload()
+        self.port = int(wrapped.ports["5432/tcp"][0]["HostPort"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if wrapped.exec_run(["pg_isready", "-U", "postgres"]).exit_code == 0:
+                return
+            time.sleep(0.2)
+
+    def destroy(self) -> None:
+        self._container.stop()
+
+
+class _DockerKafkaNode:
+    def __init__(self, container, node_id: int, port: int) -> None:
+        self.container = container
+        self.node_id = node_id
+        self.port = port
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        wrapped = self.container.get_wrapped_container()
+        if sig == signal.SIGKILL:
+            wrapped.kill()
+        else:
+            wrapped.stop(timeout=int(timeout))
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def start(self) -> None:
+        self.container.get_wrapped_container().start()
+
+    def wait_listening(self, timeout: float = 90) -> None:
+        from devstack.proc import wait_for_port
+
+        wait_for_port(self.port, timeout, what=f"Kafka container {self.node_id}")
+
+    def running(self) -> bool:
+        wrapped = self.container.get_wrapped_container()
+        wrapped.reload()
+        return wrapped.status == "running"
+
+
+class DockerKafkaCluster:
+    """Three apache/kafka containers in KRaft mode on a private network.
+
+    Each advertises a fixed host port chosen up front, so clients on the host
+    reach every broker and a restarted container keeps its address.
+    """
+
+    def __init__(self) -> None:
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.network import Network
+
+        self.network = Network().create()
+        ports = [free_port() for _ in range(3)]
+        voters = ",".join(f"{i}@kafka-{i}:9093" for i in (1, 2, 3))
+        cluster_id = "tillflow-test-cluster-0"
+        self.nodes = []
+        for i, port in zip((1, 2, 3), ports):
+            container = (
+                DockerContainer(KAFKA_IMAGE)
+                .with_network(self.network)
+                .with_network_aliases(f"kafka-{i}")
+                .with_bind_ports(port, port)
+                .with_env("KAFKA_NODE_ID", str(i))
+                .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
+                .with_env("CLUSTER_ID", cluster_id)
+                .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", voters)
+                .with_env("KAFKA_LISTENERS", f"INTERNAL://:19092,EXTERNAL://:{port},CONTROLLER://:9093")
+                .with_env("KAFKA_ADVERTISED_LISTENERS", f"INTERNAL://kafka-{i}:19092,EXTERNAL://127.0.0.1:{port}")
+                .with_env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT")
+                .with_env("KAFKA_INTER_BROKER_LISTENER_NAME", "INTERNAL")
+                .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+                .with_env("KAFKA_DEFAULT_REPLICATION_FACTOR", "3")
+                .with_env("KAFKA_MIN_INSYNC_REPLICAS", "2")
+                .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "3")
+                .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "3")
+                .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "2")
+                .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+                .with_env("KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE", "false")
+                .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+            )
+            container.start()
+            self.nodes.append(_DockerKafkaNode(container, i, port))
+        self.bootstrap_servers = ",".join(f"127.0.0.1:{p}" for p in ports)
+        for node in self.nodes:
+            node.wait_listening()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 120, brokers: int | None = None) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        want = brokers or len(self.nodes)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000)
+                try:
+                    if len(admin.describe_cluster()["brokers"]) >= want:
+                        return
+                finally:
+                    admin.close()
+            except (KafkaError, OSError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"Kafka containers did not report {want} brokers in {timeout}s")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.container.stop()
+        self.network.remove()

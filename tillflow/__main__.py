@@ -1,0 +1,5 @@
+import sys
+
+from tillflow.cli import main
+
+sys.exit(main())
