@@ -68,7 +68,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from etl.watch import cli_watch
     from tillflow.config import Settings
 
-    return cli_watch(Settings.from_env(need_kafka=True, need_inbox=True), once=args.once)
+    return cli_watch(Settings.from_env(need_kafka=True, need_database=True, need_inbox=True), once=args.once)
 
 
 def _cmd_consume(args: argparse.Namespace) -> int:

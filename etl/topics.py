@@ -1,0 +1,58 @@
+"""The Kafka topics and their guarantees: replication factor 3, at least two
+in-sync replicas for a write to count, and no unclean leader election."""
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from tillflow.config import Settings
+from tillflow.errors import PublishError
+
+log = logging.getLogger(__name__)
+
+TOPIC_CONFIG = {
+    "min.insync.replicas": "2",
+    "unclean.leader.election.enable": "false",
+    "retention.ms": str(14 * 24 * 3600 * 1000),
+}
+
+
+def create_topics(bootstrap_servers, names: list[str], *, partitions: int = 6, replication: int = 3,
+                  timeout: float = 120) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=list(bootstrap_servers), client_id="tillflow-topics")
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise PublishError(f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}") from exc
+            time.sleep(2)
+    created = []
+    try:
+        existing = set(admin.list_topics())
+        for name in names:
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, partitions, replication, topic_configs=TOPIC_CONFIG)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+            except KafkaError as exc:
+                raise PublishError(f"cannot create topic {name}: {exc}") from exc
+    finally:
+        admin.close()
+    return created
+
+
+def cli_create_topics(settings: Settings, partitions: int = 6) -> int:
+    names = [settings.topic_transactions, settings.topic_rejects]
+    created = create_topics(settings.kafka_bootstrap_servers, names, partitions=partitions)
+    for name in names:
+        print(f"{name}: {'created' if name in created else 'exists'}")
+    return 0
