@@ -27,7 +27,8 @@ from devstack.postgres import NativePostgres
 from devstack.proc import ServiceError, pid_alive, port_in_use, signal_and_wait, spawn
 
 REPO = Path(__file__).resolve().parent.parent
-LOCAL = REPO / ".local"
+# TILLFLOW_LOCAL_DIR moves the whole stack elsewhere (tests run a second one).
+LOCAL = Path(os.environ.get("TILLFLOW_LOCAL_DIR") or REPO / ".local")
 DATA = LOCAL / "data"
 LOGS = LOCAL / "logs"
 RUN = LOCAL / "run"
@@ -45,12 +46,21 @@ KAFKA_PORTS = [_port(f"LOCAL_KAFKA{i}_PORT", 39092 + i - 1) for i in (1, 2, 3)]
 CONTROLLER_PORTS = [_port(f"LOCAL_CONTROLLER{i}_PORT", 39192 + i - 1) for i in (1, 2, 3)]
 METRICS_PORTS = {"consumer": _port("LOCAL_CONSUMER_METRICS_PORT", 39301),
                  "watcher": _port("LOCAL_WATCHER_METRICS_PORT", 39302)}
+API_PORT = _port("LOCAL_API_PORT", 38000)  # the API serves its own /metrics
+API_URL = f"http://127.0.0.1:{API_PORT}"
 
 # The Tillflow services `up` starts, each a `tillflow` subcommand.
 SERVICES = {
     "consumer": ["consume"],
     "watcher": ["watch"],
+    "api": ["serve"],
 }
+
+
+def _ports_env(name: str) -> dict[str, str]:
+    if name == "api":
+        return {"API_HOST": "127.0.0.1", "API_PORT": str(API_PORT)}
+    return {"METRICS_PORT": str(METRICS_PORTS[name])}
 
 
 def _secret(name: str) -> str:
@@ -101,6 +111,10 @@ def _tillflow() -> str:
     return str(exe) if exe.exists() else "tillflow"
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _pidfile(name: str) -> Path:
     return RUN / f"{name}.pid"
 
@@ -115,7 +129,8 @@ def _running(name: str) -> int | None:
 
 
 def _check_ports() -> None:
-    wanted = {"PostgreSQL": [PG_PORT], "Kafka": KAFKA_PORTS + CONTROLLER_PORTS, "metrics": list(METRICS_PORTS.values())}
+    wanted = {"PostgreSQL": [PG_PORT], "Kafka": KAFKA_PORTS + CONTROLLER_PORTS, "metrics": list(METRICS_PORTS.values()),
+              "the API": [API_PORT]}
     for what, ports in wanted.items():
         for port in ports:
             if port_in_use(port):
@@ -126,7 +141,7 @@ def up() -> None:
     pg, cluster = _postgres(), _kafka()
     if pg.running() or cluster.running() or any(_running(s) for s in SERVICES):
         _write_env(pg, cluster)
-        print(f"the local stack is already running; `source {ENV_FILE.relative_to(REPO)}`")
+        print(f"the local stack is already running; `source {_shown(ENV_FILE)}`")
         return
     java()  # fails with a one-line message when Java is missing
     _check_ports()
@@ -146,14 +161,15 @@ def up() -> None:
                                                                       **_password_env()})
     _run_tillflow(["create-topics"], _service_env(pg, cluster, "writer"))
     for name, argv in SERVICES.items():
-        env = _service_env(pg, cluster, "writer") | {"METRICS_PORT": str(METRICS_PORTS[name])}
+        env = _service_env(pg, cluster, "writer") | _ports_env(name)
         proc = spawn([_tillflow(), *argv], log_path=LOGS / f"{name}.log", attached=False, env=env, cwd=REPO)
         _pidfile(name).write_text(str(proc.pid))
     _write_env(pg, cluster)
-    print(f"Tillflow runs natively. `source {ENV_FILE.relative_to(REPO)}`, then e.g. `tillflow report`.")
+    print(f"Tillflow runs natively. `source {_shown(ENV_FILE)}`, then e.g. `tillflow report`.")
     print(f"  inbox: {LOCAL / 'inbox'}   logs: {LOGS}")
     for name, port in METRICS_PORTS.items():
         print(f"  {name} metrics: http://127.0.0.1:{port}/metrics")
+    print(f"  API: {API_URL} (docs at {API_URL}/docs; a token: tillflow token create --store main)")
 
 
 def _password_env() -> dict[str, str]:
@@ -196,6 +212,7 @@ def _write_env(pg: NativePostgres, cluster: KafkaCluster) -> None:
         "ARCHIVE_DIR": str(LOCAL / "archive"),
         "FAILED_DIR": str(LOCAL / "failed"),
         "TILLFLOW_ENV": "development",
+        "TILLFLOW_API_URL": API_URL,
         "PATH": f"{Path(sys.executable).parent}:$PATH",
     }
     body = "# Written by `make local`; `source .local/env` to use the native stack.\n"

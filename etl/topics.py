@@ -45,6 +45,14 @@ def create_topics(bootstrap_servers, names: list[str], *, partitions: int = 6, r
                 pass
             except KafkaError as exc:
                 raise PublishError(f"cannot create topic {name}: {exc}") from exc
+        # Creation is acknowledged by the controller; brokers learn of it a moment
+        # later. Return only once every broker's metadata lists every topic, so
+        # services started after us never meet "unknown topic".
+        while set(names) - set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                missing = sorted(set(names) - set(admin.list_topics()))
+                raise PublishError(f"topics {', '.join(missing)} were created but are not visible after {timeout:.0f}s")
+            time.sleep(0.5)
     finally:
         admin.close()
     return created

@@ -216,7 +216,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(env, migrated_db, tmp
 
 @pytest.mark.slow
 def test_postgres_down_for_30s_loses_nothing_and_doubles_nothing(env, migrated_db, running_postgres, tmp_path):
-    items = list(datagen.rows(30_000, seed=17, start=DAY, days=3))
+    items = list(datagen.rows(30_000, seed=17, start=DAY, days=1))
     tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), items)))
     proc = start_consumer(env | {"CONSUMER_BATCH_SIZE": "1000"}, tmp_path / "consumer.log")
     try:
@@ -237,7 +237,7 @@ def test_postgres_down_for_30s_loses_nothing_and_doubles_nothing(env, migrated_d
 
 @pytest.mark.slow
 def test_consumer_sigkilled_mid_stream_and_restarted_stores_each_id_once(env, migrated_db, tmp_path):
-    items = list(datagen.rows(30_000, seed=18, start=DAY, days=3))
+    items = list(datagen.rows(30_000, seed=18, start=DAY, days=1))
     tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), items)))
     small = env | {"CONSUMER_BATCH_SIZE": "500"}
     for _ in range(2):
@@ -254,7 +254,7 @@ def test_consumer_sigkilled_mid_stream_and_restarted_stores_each_id_once(env, mi
 
 @pytest.mark.slow
 def test_two_consumers_share_the_partitions(env, migrated_db, tmp_path):
-    items = list(datagen.rows(20_000, seed=19, start=DAY, days=3))
+    items = list(datagen.rows(20_000, seed=19, start=DAY, days=1))
     tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), items)))
     small = env | {"CONSUMER_BATCH_SIZE": "500"}
     procs = [start_consumer(small, tmp_path / f"consumer-{i}.log") for i in range(2)]

@@ -1,0 +1,129 @@
+"""`make local`: a second native stack in a temporary directory, on free ports.
+
+It writes an env file that reaches PostgreSQL and all three brokers, does not
+start twice, keeps its data across down/up, names a taken port, and leaves no
+process behind."""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+from kafka import KafkaAdminClient
+
+from devstack import datagen
+from devstack.local import SERVICES
+from devstack.proc import free_port, pid_alive
+from support import services
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def local(env: dict, command: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "devstack.local", command], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_env(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    return values
+
+
+@pytest.fixture
+def stack_env():
+    base = services.make_root()  # enterable by the postgres user, unlike pytest's tmp_path
+    root = base / "local"
+    env = {**os.environ, "TILLFLOW_LOCAL_DIR": str(root), "LOCAL_PG_PORT": str(free_port())}
+    for i in (1, 2, 3):
+        env[f"LOCAL_KAFKA{i}_PORT"] = str(free_port())
+        env[f"LOCAL_CONTROLLER{i}_PORT"] = str(free_port())
+    env["LOCAL_CONSUMER_METRICS_PORT"] = str(free_port())
+    env["LOCAL_WATCHER_METRICS_PORT"] = str(free_port())
+    yield env
+    local(env, "destroy")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def pids(root: Path) -> list[int]:
+    return [int(p.read_text()) for p in (root / "run").glob("*.pid")]
+
+
+@pytest.mark.slow
+def test_local_stack_up_twice_down_up_keeps_data_and_down_leaves_nothing(stack_env, tmp_path):
+    root = Path(stack_env["TILLFLOW_LOCAL_DIR"])
+    first = local(stack_env, "up")
+    assert first.returncode == 0, first.stderr
+    values = read_env(root / "env")
+    assert set(values) >= {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
+
+    conn = psycopg2.connect(values["DATABASE_URL"])
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM analytics.daily_transactions")
+    conn.close()
+    admin = KafkaAdminClient(bootstrap_servers=values["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        assert len(admin.describe_cluster()["brokers"]) == 3
+        assert {"tillflow.transactions", "tillflow.rejects"} <= set(admin.list_topics())
+    finally:
+        admin.close()
+
+    # A CSV dropped into the inbox shows up in the report within seconds.
+    day = datagen.rows(20, seed=3)
+    datagen.write_csv(tmp_path / "drop.tmp", day)
+    os.replace(tmp_path / "drop.tmp", root / "inbox" / "retail_05_01_2026.csv")
+    report_env = {**os.environ, **values}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = subprocess.run([str(Path(sys.executable).with_name("tillflow")), "report", "--format", "csv"],
+                             env=report_env, capture_output=True, text=True).stdout
+        if "2026-01-05,20," in out:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"the dropped file did not reach the report:\n{out}")
+
+    again = local(stack_env, "up")
+    assert again.returncode == 0 and "already running" in again.stdout
+    running = pids(root)
+    assert len(running) == 4 + len(SERVICES)  # postgres, 3 brokers, and the Tillflow services
+
+    assert local(stack_env, "down").returncode == 0
+    time.sleep(1)
+    assert not [p for p in running if pid_alive(p)], "make local-down left processes behind"
+
+    assert local(stack_env, "up").returncode == 0
+    conn = psycopg2.connect(values["DATABASE_URL"])
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT transactions FROM analytics.daily_transactions")
+        assert cur.fetchall() == [(20,)], "data must survive down and up"
+    conn.close()
+    assert local(stack_env, "destroy").returncode == 0
+    assert not (root / "data").exists()
+
+
+def test_a_taken_port_is_named_in_one_line(stack_env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(stack_env["LOCAL_PG_PORT"])))
+        taken.listen()
+        done = local(stack_env, "up")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and stack_env["LOCAL_PG_PORT"] in lines[0] and "PostgreSQL" in lines[0]
+
+
+def test_missing_java_is_named_in_one_line(stack_env):
+    env = {**stack_env, "PATH": "/nonexistent", "JAVA_HOME": ""}
+    done = local(env, "up")
+    assert done.returncode == 1
+    assert "Java is missing" in done.stderr and len(done.stderr.strip().splitlines()) == 1
