@@ -27,6 +27,12 @@ destroy: ## Stop the compose stack and DELETE its volumes
 logs: ## Follow the compose stack's logs
 	$(COMPOSE) logs -f --tail=100
 
+.PHONY: migrate
+migrate: ## Apply the SQL migrations: compose one-shot, or the native stack if .local/env exists
+	@if [ -f .local/env ]; then \
+	  source .local/env && DATABASE_URL="$$POSTGRES_SUPERUSER_URL" $(PY) -m tillflow migrate; \
+	else $(COMPOSE) run --rm migrate; fi
+
 # -- Native stack (no Docker) ---------------------------------------------------
 .PHONY: deps local local-down local-destroy local-status
 deps: ## Install PostgreSQL, Java, Maven, the virtualenv and Kafka's jars
@@ -45,12 +51,15 @@ local-status: ## Show what the native stack runs
 	@$(PY) -m devstack.local status
 
 # -- Development -----------------------------------------------------------------
-.PHONY: test test-unit lock
+.PHONY: test test-unit bench lock
 test: deps ## Install everything needed, start real services, run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tests only (no services)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: deps ## Ingest benchmark on the native stack: 1M rows vs a COPY ceiling (bench/results/)
+	$(PY) -m bench.ingest
 
 lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
 	rm -rf .venv-lock && python3 -m venv .venv-lock
