@@ -11,11 +11,15 @@ offset commit replays the batch, and replaying is a no-op:
   conflict once (``ingest.conflicts`` is unique on the record's Kafka position);
 * a reject is stored once (``ingest.rejects``, unique on its Kafka position).
 
-The fast path looks the batch's ids up in one indexed query, then COPYs only
-the new rows straight into ``sales.transactions``: no staging table, no
-``ON CONFLICT`` on the hot path. If another writer stored one of those ids in
-between (only possible while a rebalance hands a partition over), the primary
-key refuses the COPY and the whole batch is simply tried again.
+The fast path COPYs a batch of new rows straight into ``sales.transactions``:
+no staging table, no ``ON CONFLICT``, and, while batches keep being new, no
+lookup either: the primary key is the check. When it refuses the COPY (some id
+is stored already: a replay, an overlapping file), the transaction rolls back
+and the batch is written the careful way: its ids looked up in one indexed
+query, then only the new rows COPYed; later batches stay careful until one has
+no stored id. If another writer stored one of those ids in between (only
+possible while a rebalance hands a partition over), the primary key refuses the
+COPY again and the whole batch is simply tried again.
 
 Errors::
 
@@ -24,10 +28,9 @@ Errors::
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -37,7 +40,7 @@ import psycopg2.extras
 
 from tillflow.errors import SinkError
 from tillflow.messages import RejectMessage, TransactionMessage
-from tillflow.record import Transaction
+from tillflow.record import Reason, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ _REJECT_SQL = (
 # COPY text format: backslash, tab, newline and carriage return must be escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _MAX_ATTEMPTS_ON_RACE = 5
+_COPY_CHUNK = 64 * 1024  # characters handed to COPY at a time
 
 
 class SinkUnavailable(SinkError):
@@ -109,17 +113,65 @@ def _stored_content(row: tuple) -> dict[str, object]:
     }
 
 
-def _copy_line(tx: Transaction, tax_rate: str, msg: TransactionMessage, pos: Position) -> str:
-    origin = msg.origin
-    return "\t".join((
-        str(tx.id), tx.transaction_date.isoformat(), tx.category, tx.name.translate(_COPY_ESCAPES),
-        str(tx.quantity), str(tx.amount_excl_tax), str(tx.amount_inc_tax), tax_rate,
-        tx.store_id.translate(_COPY_ESCAPES),
-        origin.source.translate(_COPY_ESCAPES) if origin and origin.source else "\\N",
-        origin.ref.translate(_COPY_ESCAPES) if origin and origin.ref else "\\N",
-        str(origin.line) if origin and origin.line else "\\N",
-        str(pos.partition), str(pos.offset),
-    ))
+def _copy_lines(rows: Sequence[tuple[str, Transaction, TransactionMessage, Position]], tax_rate: str) -> Iterator[str]:
+    """COPY text lines, one per (id text, transaction, message, position).
+
+    The hot path of the consumer: texts that repeat within a batch (names,
+    store, file name) are escaped once, dates formatted once.
+    """
+    escaped: dict[str, str] = {}
+    dates: dict = {}
+    for key, tx, msg, pos in rows:
+        day = tx.transaction_date
+        day_text = dates.get(day)
+        if day_text is None:
+            day_text = dates[day] = day.isoformat()
+        name = escaped.get(tx.name)
+        if name is None:
+            name = escaped[tx.name] = tx.name.translate(_COPY_ESCAPES)
+        store = escaped.get(tx.store_id)
+        if store is None:
+            store = escaped[tx.store_id] = tx.store_id.translate(_COPY_ESCAPES)
+        origin = msg.origin
+        source = ref = line = "\\N"
+        if origin is not None:
+            if origin.source:
+                source = escaped.get(origin.source)
+                if source is None:
+                    source = escaped[origin.source] = origin.source.translate(_COPY_ESCAPES)
+            if origin.ref:
+                ref = escaped.get(origin.ref)
+                if ref is None:
+                    ref = escaped[origin.ref] = origin.ref.translate(_COPY_ESCAPES)
+            if origin.line:
+                line = str(origin.line)
+        # Amounts are Decimals quantized to cents (str() is '12.30'); category is SELL or BUY.
+        yield (
+            f"{key}\t{day_text}\t{tx.category}\t{name}\t{int(tx.quantity)}\t{tx.amount_excl_tax!s}\t"
+            f"{tx.amount_inc_tax!s}\t{tax_rate}\t{store}\t{source}\t{ref}\t{line}\t{pos.partition}\t{pos.offset}\n"
+        )
+
+
+class _StreamedText:
+    """A read()-able view of an iterator of lines, so COPY streams while lines are built.
+
+    psycopg2 sends each chunk as soon as it is read: the server parses and
+    indexes one chunk while this process formats the next, instead of the
+    whole batch being formatted first and sent after.
+    """
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+
+    def read(self, size: int = -1) -> str:
+        parts: list[str] = []
+        length = 0
+        for line in self._lines:
+            parts.append(line)
+            length += len(line)
+            if 0 < size <= length:
+                break
+        return "".join(parts)
 
 
 class PostgresSink:
@@ -129,6 +181,9 @@ class PostgresSink:
         self._url = database_url
         self._tax_rate = str(tax_rate)
         self._conn: psycopg2.extensions.connection | None = None
+        # True while the last batch found none of its ids stored: the next one is
+        # COPYed without the lookup, and looked up only if the primary key refuses it.
+        self._optimistic = True
 
     # -- connection ----------------------------------------------------------
     def _connection(self):
@@ -157,19 +212,33 @@ class PostgresSink:
 
     # -- writing ---------------------------------------------------------------
     def write(self, batch: Batch) -> WriteResult:
-        """Store the batch in one transaction and commit it; idempotent on replay."""
-        for attempt in range(1, _MAX_ATTEMPTS_ON_RACE + 1):
+        """Store the batch in one transaction and commit it; idempotent on replay.
+
+        Fresh data (the usual case: the last batch had none of its ids stored)
+        is COPYed straight away, without looking its ids up: if any of them is
+        stored after all (a replay, an overlapping file), the primary key refuses
+        the COPY, the transaction rolls back, and the batch is written again the
+        careful way (look the ids up, COPY only the new ones), as are the batches
+        after it until one has no stored id again.
+        """
+        attempt = 0
+        while attempt < _MAX_ATTEMPTS_ON_RACE:
+            optimistic = self._optimistic
             conn = self._connection()
             try:
                 with conn:  # commits on success, rolls back on any exception
                     with conn.cursor() as cur:
                         result = WriteResult()
-                        self._write_transactions(cur, batch.transactions, result)
+                        self._write_transactions(cur, batch.transactions, result, lookup=not optimistic)
                         self._write_rejects(cur, batch.rejects, result)
                 return result
             except psycopg2.errors.UniqueViolation as exc:
+                if optimistic:
+                    self._optimistic = False  # some ids are stored already: look them up
+                    continue
                 # Another consumer stored one of these ids after our lookup (a
                 # partition changing hands): look again and write what is left.
+                attempt += 1
                 log.info("batch raced another writer (attempt %d): %s", attempt, _first_line(exc))
                 continue
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
@@ -179,17 +248,21 @@ class PostgresSink:
                 raise SinkError(f"PostgreSQL refused the batch: {_first_line(exc)}") from exc
         raise SinkError(f"batch kept racing another writer after {_MAX_ATTEMPTS_ON_RACE} attempts")
 
-    def _write_transactions(self, cur, items: Sequence[tuple[TransactionMessage, Position]], result: WriteResult) -> None:
+    def _write_transactions(self, cur, items: Sequence[tuple[TransactionMessage, Position]], result: WriteResult,
+                            *, lookup: bool = True) -> None:
         if not items:
             return
-        cur.execute(_LOOKUP_SQL, (list({str(m.transaction.id) for m, _ in items}),))
-        stored: dict[str, tuple] = {row[0]: row for row in cur.fetchall()}
+        keys = [str(msg.transaction.id) for msg, _ in items]
+        stored: dict[str, tuple] = {}
+        if lookup:
+            cur.execute(_LOOKUP_SQL, (list(set(keys)),))
+            stored = {row[0]: row for row in cur.fetchall()}
+            self._optimistic = not stored
         fresh: dict[str, Transaction] = {}  # first version of each new id in this batch
-        lines: list[str] = []
+        rows: list[tuple[str, Transaction, TransactionMessage, Position]] = []
         conflicts: list[tuple] = []
-        for msg, pos in items:
+        for key, (msg, pos) in zip(keys, items):
             tx = msg.transaction
-            key = str(tx.id)
             if key in stored:
                 row = stored[key]
                 if row[1:] == tx.content_key():
@@ -203,10 +276,10 @@ class PostgresSink:
                     conflicts.append(self._conflict(_content(fresh[key]), tx, msg, pos))
             else:
                 fresh[key] = tx
-                lines.append(_copy_line(tx, self._tax_rate, msg, pos))
-        if lines:
-            cur.copy_expert(_COPY_SQL, io.StringIO("\n".join(lines) + "\n"))
-            result.inserted += len(lines)
+                rows.append((key, tx, msg, pos))
+        if rows:
+            cur.copy_expert(_COPY_SQL, _StreamedText(_copy_lines(rows, self._tax_rate)), size=_COPY_CHUNK)
+            result.inserted += len(rows)
         if conflicts:
             psycopg2.extras.execute_values(cur, _CONFLICT_SQL, conflicts, page_size=500)
             result.conflicts += cur.rowcount if cur.rowcount >= 0 else len(conflicts)
@@ -234,6 +307,54 @@ class PostgresSink:
             ))
         psycopg2.extras.execute_values(cur, _REJECT_SQL, rows, page_size=500)
         result.rejects += len(rows)
+
+
+class IsolatingSink(PostgresSink):
+    """A sink that survives a poison record.
+
+    When PostgreSQL refuses a batch for a reason other than being unavailable
+    (a record the validator let through but a CHECK refuses, a number too large
+    for its column...), the batch is written again one record at a time; a
+    record refused on its own is kept as a reject, with the server's reason,
+    at its own Kafka position. The partition moves on; nothing is dropped.
+    """
+
+    def write(self, batch: Batch) -> WriteResult:
+        try:
+            return super().write(batch)
+        except SinkUnavailable:
+            raise
+        except SinkError as exc:
+            log.error("batch of %d refused (%s): writing its records one by one", len(batch), exc)
+        total = WriteResult()
+        for msg, pos in batch.transactions:
+            try:
+                result = super().write(Batch(transactions=[(msg, pos)]))
+            except SinkUnavailable:
+                raise
+            except SinkError as exc:
+                result = super().write(Batch(rejects=[(_refused(msg, pos, exc), pos)]))
+            _add(total, result)
+        if batch.rejects:
+            _add(total, super().write(Batch(rejects=batch.rejects)))
+        return total
+
+
+def _refused(msg: TransactionMessage, pos: Position, exc: SinkError) -> RejectMessage:
+    where = f"{pos.topic}[{pos.partition}] offset {pos.offset}"
+    content = {k: (None if v is None else str(v)) for k, v in _content(msg.transaction).items()}
+    return RejectMessage(
+        id=str(msg.transaction.id), raw=content,
+        reasons=(Reason("row", "database_refused", f"PostgreSQL refused the record at {where}: {exc}"),),
+        origin=msg.origin,
+    )
+
+
+def _add(total: WriteResult, result: WriteResult) -> None:
+    total.inserted += result.inserted
+    total.duplicates += result.duplicates
+    total.conflicts += result.conflicts
+    total.rejects += result.rejects
 
 
 def _first_line(exc: BaseException) -> str:

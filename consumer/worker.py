@@ -27,7 +27,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumer import metrics
-from consumer.sink import Batch, PostgresSink, Position, SinkUnavailable, WriteResult
+from consumer.sink import Batch, IsolatingSink, PostgresSink, Position, SinkUnavailable, WriteResult
 from tillflow.config import Settings
 from tillflow.errors import ConfigError, SinkError
 from tillflow.messages import MessageError, RejectMessage, TransactionMessage, decode
@@ -46,7 +46,7 @@ class Worker:
         if settings.database_url is None:
             raise ConfigError("DATABASE_URL is not set: the consumer writes to PostgreSQL")
         self.settings = settings
-        self.sink = sink or PostgresSink(settings.database_url, settings.tax_rate)
+        self.sink = sink or IsolatingSink(settings.database_url, settings.tax_rate)
         self.stopping = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self.totals = WriteResult()
