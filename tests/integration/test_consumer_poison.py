@@ -10,7 +10,7 @@ from kafka import KafkaProducer
 from devstack import datagen
 from tillflow.messages import encode_transaction
 from tillflow.record import Origin, Transaction
-from test_pipeline import consume_until_idle, query, stored
+from support.pipeline import consume_until_idle, query, stored
 
 
 def test_undecodable_and_database_refused_messages_become_rejects(env, migrated_db, running_kafka, topics):

@@ -142,13 +142,20 @@ def test_send_is_not_acknowledged_with_two_brokers_down(running_kafka):
     # nothing was *acknowledged* while the in-sync quorum was missing.
 
 
-def test_postgres_enforces_checks_and_keeps_data_across_a_restart(running_postgres):
-    dbname = f"h_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(running_postgres.url())
+def _new_database(server) -> str:
+    name = f"h_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(server.url())
     admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {dbname}")
-    admin.close()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+    finally:
+        admin.close()
+    return name
+
+
+def test_postgres_enforces_checks_and_keeps_data_across_a_restart(running_postgres):
+    dbname = _new_database(running_postgres)
     conn = psycopg2.connect(running_postgres.url(dbname=dbname))
     with conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE t (id int PRIMARY KEY, quantity int NOT NULL CHECK (quantity >= 1))")
@@ -169,12 +176,7 @@ def test_postgres_enforces_checks_and_keeps_data_across_a_restart(running_postgr
 
 def test_postgres_survives_a_crash(running_postgres):
     """SIGKILL of the postmaster: committed rows are there after recovery."""
-    dbname = f"c_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(running_postgres.url())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {dbname}")
-    admin.close()
+    dbname = _new_database(running_postgres)
     conn = psycopg2.connect(running_postgres.url(dbname=dbname))
     with conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE t (id int PRIMARY KEY)")

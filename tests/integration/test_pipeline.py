@@ -5,81 +5,19 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from devstack import datagen
+from support.pipeline import (
+    consume_until_idle, expected, query, start_consumer, stored, tillflow, topic_size, wait_for,
+)
 
-TILLFLOW = str(Path(sys.executable).with_name("tillflow"))
 DAY = datetime.date(2026, 1, 5)
-
-
-def tillflow(env: dict, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([TILLFLOW, *args], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"tillflow {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def consume_until_idle(env: dict, idle: float = 3) -> subprocess.CompletedProcess:
-    return tillflow(env, "consume", "--until-idle", str(idle))
-
-
-def start_consumer(env: dict, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "ab")
-    try:
-        return subprocess.Popen([TILLFLOW, "consume"], env={**os.environ, **env}, stdout=log, stderr=log)
-    finally:
-        log.close()
-
-
-def query(db, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = db.connect("postgres")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def stored(db) -> dict[str, tuple]:
-    rows = query(db, "SELECT id::text, transaction_date, category, name, quantity, amount_excl_tax, amount_inc_tax"
-                     " FROM sales.transactions")
-    return {r[0]: r[1:] for r in rows}
-
-
-def expected(items) -> dict[str, tuple]:
-    return {r.id: (r.transaction_date, r.category, r.name, r.quantity, r.amount_excl_tax, r.amount_inc_tax)
-            for r in items}
-
-
-def topic_size(bootstrap: str, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 BAD_LINES = [

@@ -14,7 +14,7 @@ from etl.producer import Publisher
 from etl.uploads import UploadLedger
 from etl.watch import Watcher
 from tillflow.config import Settings
-from test_pipeline import consume_until_idle, expected, stored, topic_size
+from support.pipeline import consume_until_idle, expected, stored, topic_size
 
 DAY = datetime.date(2026, 2, 3)
 
