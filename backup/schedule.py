@@ -1,0 +1,109 @@
+"""``tillflow backup schedule``: the backup service's long-running loop.
+
+Takes a backup on ``BACKUP_SCHEDULE`` and runs a verification pass on
+``BACKUP_VERIFY_SCHEDULE`` (every backup checked, the newest restored into a
+scratch database), both cron expressions read in UTC, one job at a time; a
+backup due with a verification goes first, so the pass sees it. On start it
+catches up: a backup at once if none was taken since the schedule last fired
+(a fresh install, or a container that was down at that time), then a pass if
+none ran since its own schedule last fired. The metrics are served on
+``METRICS_PORT``, set at start from the backups on disk. A failed job is
+logged and counted, and the loop goes on. SIGTERM stops a running pg_dump or
+pg_restore, removes its partial files, and ends the loop (exit 0): a dump can
+outlast any stop grace period, an interrupted one leaves nothing behind, and
+the catch-up takes it again at the next start.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+
+from croniter import croniter
+
+from backup import dump, metrics, verify
+from backup.context import Context
+from backup.errors import BackupError, Cancelled
+
+log = logging.getLogger(__name__)
+
+_MAX_SLEEP = 60.0  # re-read the clock at least this often (it may jump)
+
+
+def next_fire(expression: str, after: datetime.datetime) -> datetime.datetime:
+    return croniter(expression, after).get_next(datetime.datetime)
+
+
+def first_due(expression: str, now: datetime.datetime, last_done: datetime.datetime | None) -> datetime.datetime:
+    """When a job is first due: now if it has not run since the schedule last fired, else the next fire."""
+    # get_prev is strictly before its start: a second later, so that a fire at `now` counts.
+    previous = croniter(expression, now + datetime.timedelta(seconds=1)).get_prev(datetime.datetime)
+    if last_done is None or last_done < previous:
+        return now
+    return next_fire(expression, now)
+
+
+class Scheduler:
+    def __init__(self, ctx: Context, backup_schedule: str, verify_schedule: str) -> None:
+        self.ctx = ctx
+        self.backup_schedule = backup_schedule
+        self.verify_schedule = verify_schedule
+        self.stop = ctx.tools.stop
+
+    def run(self) -> None:
+        backups = self.ctx.store.backups()
+        metrics.refresh(backups)
+        now = self.ctx.clock()
+        fulls = [b.verifications["full"].moment for b in backups if "full" in b.verifications]
+        next_backup = first_due(self.backup_schedule, now, backups[0].manifest.created if backups else None)
+        next_verify = first_due(self.verify_schedule, now, max(fulls) if fulls else None)
+        log.info("backup schedule %r (next %s), verification %r (next %s), UTC", self.backup_schedule,
+                 next_backup.isoformat(timespec="minutes"), self.verify_schedule,
+                 next_verify.isoformat(timespec="minutes"))
+        while not self.stop.is_set():
+            now = self.ctx.clock()
+            if now >= next_backup:
+                self.backup()
+                next_backup = next_fire(self.backup_schedule, self.ctx.clock())
+            elif now >= next_verify:
+                self.verify()
+                next_verify = next_fire(self.verify_schedule, self.ctx.clock())
+            else:
+                wait = (min(next_backup, next_verify) - now).total_seconds()
+                self.stop.wait(min(max(wait, 0.0), _MAX_SLEEP))
+        log.info("stopped")
+
+    def backup(self) -> None:
+        started = time.monotonic()
+        try:
+            result = dump.run(self.ctx)
+        except Cancelled:
+            metrics.backup_failed(time.monotonic() - started)
+            log.warning("backup stopped by SIGTERM; its partial files were removed")
+            return
+        except Exception as exc:  # noqa: BLE001 - the service must outlive any one failed backup
+            metrics.backup_failed(time.monotonic() - started)
+            if isinstance(exc, BackupError):
+                log.error("backup failed: %s", exc)
+            else:
+                log.exception("backup failed unexpectedly")
+            return
+        metrics.backup_succeeded(result.backup, result.duration_seconds)
+
+    def verify(self) -> None:
+        started = time.monotonic()
+        try:
+            outcomes = verify.run_pass(self.ctx, full=True)
+            ok = bool(outcomes) and all(outcome.ok for _, outcome in outcomes)
+            if not outcomes:
+                log.error("verification: there is no backup to verify")
+        except Cancelled:
+            return
+        except Exception as exc:  # noqa: BLE001
+            ok = False
+            if isinstance(exc, BackupError):
+                log.error("verification could not run: %s", exc)
+            else:
+                log.exception("verification failed unexpectedly")
+        newest = next((b for b in self.ctx.store.backups() if b.fully_verified), None)
+        metrics.verification_done(ok, time.monotonic() - started, newest)
