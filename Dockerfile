@@ -52,7 +52,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 tillflow \
  && useradd --system --uid 10001 --gid tillflow --home-dir /nonexistent \
         --no-create-home --shell /usr/sbin/nologin tillflow \
- && install -d -o tillflow -g tillflow -m 0750 /data /data/inbox /data/archive /data/failed
+ && install -d -o tillflow -g tillflow -m 0750 /data /data/inbox /data/archive /data/failed /data/spool /data/backups
 
 # The 15 binaries first on PATH: Debian's /usr/bin/pg_dump is a Perl wrapper
 # that picks a cluster version; the backup wants exactly the 15 tools.

@@ -33,6 +33,36 @@ migrate: ## Apply the SQL migrations: compose one-shot, or the native stack if .
 	  source .local/env && DATABASE_URL="$$POSTGRES_SUPERUSER_URL" $(PY) -m tillflow migrate; \
 	else $(COMPOSE) run --rm migrate; fi
 
+# Backups: in the compose stack's backup service, or on the native stack if
+# .local/env exists (in BACKUP_DIR, default .local/backups). A restore runs as
+# the superuser, like migrate: in the migrate service's container, which sees
+# the backups read-only. REPLACE=1 stops the writers around it.
+.PHONY: backup restore
+backup: ## Take a backup now, check it, apply retention (`tillflow backup list` lists them)
+	@if [ -f .local/env ]; then \
+	  source .local/env && DATABASE_URL="$$TILLFLOW_BACKUP_URL" BACKUP_DIR="$${BACKUP_DIR:-.local/backups}" \
+	    $(PY) -m tillflow backup run; \
+	else $(COMPOSE) exec backup tillflow backup run; fi
+
+restore: ## Restore FILE=<backup> into a new database; REPLACE=1 over the live one (stops writers)
+	@test -n "$(FILE)" || { echo "usage: make restore FILE=<backup name or .dump> [REPLACE=1]" >&2; exit 2; }
+	@if [ -f .local/env ]; then \
+	  source .local/env && DATABASE_URL="$$POSTGRES_SUPERUSER_URL" BACKUP_DIR="$${BACKUP_DIR:-.local/backups}" \
+	    $(PY) -m tillflow backup restore "$(FILE)" $(if $(REPLACE),--replace --yes); \
+	else \
+	  $(if $(REPLACE),$(COMPOSE) stop consumer watcher api;) rc=0; \
+	  $(COMPOSE) run --rm --no-deps migrate backup restore "$(FILE)" $(if $(REPLACE),--replace --yes) || rc=$$?; \
+	  $(if $(REPLACE),$(COMPOSE) start consumer watcher api;) exit $$rc; \
+	fi
+
+# The smoke check: in the compose stack's smoke service, or on the native stack
+# if .local/env exists. deploy/redeploy runs it after every deploy.
+.PHONY: smoke
+smoke: ## Check the running stack end to end: services ready, a backup, a canary through the API into PostgreSQL
+	@if [ -f .local/env ]; then \
+	  source .local/env && BACKUP_DIR="$${BACKUP_DIR:-.local/backups}" $(PY) -m tillflow smoke; \
+	else $(COMPOSE) run --rm -T smoke; fi
+
 # -- Native stack (no Docker) ---------------------------------------------------
 .PHONY: deps local local-down local-destroy local-status
 deps: ## Install PostgreSQL, Java, Maven, the virtualenv and Kafka's jars

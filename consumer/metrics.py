@@ -1,5 +1,6 @@
 """The consumer's Prometheus metrics, declared once; label values are bounded
-(``topic_kind`` is transactions or rejects; ``partition`` is the partition count)."""
+(``topic_kind`` is transactions or rejects; ``partition`` is the partition count).
+The ``tillflow_kafka_*`` gauges describe the cluster (see ``consumer.cluster``)."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -22,6 +23,17 @@ WRITE_SECONDS = Histogram(
 )
 LAST_COMMIT = Gauge("tillflow_consumer_last_commit_timestamp_seconds", "When offsets were last committed")
 LAG = Gauge("tillflow_consumer_lag_records", "Records behind the end of the partition", ["topic_kind", "partition"])
+KAFKA_BROKERS = Gauge("tillflow_kafka_brokers", "Kafka brokers registered and not fenced (0: cluster unreachable)")
+KAFKA_UNDER_REPLICATED = Gauge(
+    "tillflow_kafka_under_replicated_partitions", "Partitions with fewer in-sync replicas than replicas", ["topic_kind"]
+)
+KAFKA_OFFLINE = Gauge("tillflow_kafka_offline_partitions", "Partitions without a leader", ["topic_kind"])
+
+# Labelled series exist at zero from the start, so a rate sees the first event.
+for _kind in ("transactions", "rejects"):
+    CONSUMED.labels(topic_kind=_kind)
+    KAFKA_UNDER_REPLICATED.labels(topic_kind=_kind)
+    KAFKA_OFFLINE.labels(topic_kind=_kind)
 
 
 def serve(port: int) -> None:

@@ -27,6 +27,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumer import metrics
+from consumer.cluster import ClusterProbe
 from consumer.sink import Batch, IsolatingSink, PostgresSink, Position, SinkUnavailable, WriteResult
 from tillflow.config import Settings
 from tillflow.errors import ConfigError, SinkError
@@ -50,6 +51,7 @@ class Worker:
         self.stopping = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self.totals = WriteResult()
+        self._lag_labels: set[tuple[str, str]] = set()
 
     # -- Kafka ---------------------------------------------------------------------
     def _connect(self) -> KafkaConsumer:
@@ -216,15 +218,24 @@ class Worker:
         return all(consumer.position(tp) >= end for tp, end in ends.items())
 
     def _report_lag(self, consumer: KafkaConsumer) -> None:
+        assigned = set()
         for tp in consumer.assignment():
+            labels = (self._kind(tp.topic), str(tp.partition))
+            assigned.add(labels)
             high = consumer.highwater(tp)
             if high is not None:
                 try:
-                    metrics.LAG.labels(topic_kind=self._kind(tp.topic), partition=str(tp.partition)).set(
-                        max(0, high - consumer.position(tp))
-                    )
+                    metrics.LAG.labels(*labels).set(max(0, high - consumer.position(tp)))
                 except KafkaError:
                     pass
+        # A partition handed to another replica is its to report: a stale value
+        # here would add phantom lag to the sum the alerts read.
+        for labels in self._lag_labels - assigned:
+            try:
+                metrics.LAG.remove(*labels)
+            except KeyError:  # another worker of this process removed it (tests run several)
+                pass
+        self._lag_labels = assigned
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
@@ -235,12 +246,21 @@ def cli_consume(settings: Settings, until_idle: float | None = None, *, install_
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     worker = Worker(settings)
+    probe = None
+    if settings.metrics_port:
+        # The cluster's health is only worth probing where Prometheus reads it.
+        probe = ClusterProbe(settings)
+        probe.start()
     if install_signals:
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
     log.info("consuming %s and %s as group %s", settings.topic_transactions, settings.topic_rejects,
              settings.consumer_group)
-    totals = worker.run(until_idle=until_idle)
+    try:
+        totals = worker.run(until_idle=until_idle)
+    finally:
+        if probe is not None:
+            probe.stop()
     log.info("stopped: %d inserted, %d duplicates, %d conflicts, %d rejects stored",
              totals.inserted, totals.duplicates, totals.conflicts, totals.rejects)
     return 0

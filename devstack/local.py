@@ -213,6 +213,9 @@ def _write_env(pg: NativePostgres, cluster: KafkaCluster) -> None:
         "FAILED_DIR": str(LOCAL / "failed"),
         "TILLFLOW_ENV": "development",
         "TILLFLOW_API_URL": API_URL,
+        # tillflow smoke (make smoke) checks these besides the API.
+        "SMOKE_METRICS_URLS": ",".join(f"{name}=http://127.0.0.1:{port}/metrics"
+                                       for name, port in METRICS_PORTS.items()),
         "PATH": f"{Path(sys.executable).parent}:$PATH",
     }
     body = "# Written by `make local`; `source .local/env` to use the native stack.\n"

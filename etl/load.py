@@ -131,6 +131,7 @@ class Loader:
                         raise
                     log.error("could not mark upload %s failed: %s", upload_id, exc)
         summary.seconds = time.monotonic() - started
+        metrics.PUBLISH_SECONDS.observe(summary.seconds)
         metrics.UPLOADS.labels(source=source).inc()
         return summary
 
@@ -147,6 +148,7 @@ class Loader:
             else:
                 send(topic_rej, key_for(item.id), encode_reject(item))
                 rejected += 1
+                metrics.count_rejected(source, item.reasons)
                 for reason in item.reasons:
                     summary.reason_counts[reason.code] += 1
                 if len(summary.first_reasons) < FIRST_REASONS:

@@ -92,4 +92,20 @@ class Publisher:
         return pending.acked
 
     def close(self, timeout: float = 10) -> None:
-        self._producer.close(timeout=timeout)
+        close_producer(self._producer, timeout)
+
+
+def close_producer(producer: KafkaProducer, timeout: float) -> None:
+    """Close a producer within ``timeout``, even when Kafka is unreachable.
+
+    kafka-python's ``close()`` raises when its final flush times out and leaves
+    the I/O thread running; that thread is then stopped, failing what it held.
+    """
+    try:
+        producer.close(timeout=timeout)
+    except KafkaError as exc:
+        log.warning("Kafka did not take the last records before the producer closed: %s", exc)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True  # or its __del__ tries (and fails) to close it again

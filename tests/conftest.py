@@ -23,7 +23,7 @@ from psycopg2 import sql
 
 from support import services
 
-ROLES = ("owner", "writer", "reader", "backup")
+ROLES = ("owner", "writer", "reader", "backup", "monitor")
 
 
 @pytest.fixture(scope="session")

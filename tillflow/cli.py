@@ -85,6 +85,50 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return cli_report(Settings.from_env(need_database=True), args.product, args.format)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from etl.api.server import cli_serve
+    from tillflow.config import Settings
+
+    return cli_serve(Settings.from_env(need_kafka=True, need_database=True))
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from etl.api import tokens
+    from tillflow.config import Settings
+
+    url = Settings.from_env(need_database=True).database_url
+    if args.action == "create":
+        return tokens.cli_create(url, args.store, args.name)
+    if args.action == "list":
+        return tokens.cli_list(url)
+    return tokens.cli_revoke(url, args.id)
+
+
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    from tillflow.config import Settings
+    from tillflow.smoke import cli_smoke
+
+    return cli_smoke(Settings.from_env(need_database=True, need_kafka=True))
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from backup import cli
+    from tillflow.config import Settings
+
+    # list and a quick verify read the directory only; the rest talk to PostgreSQL.
+    needs_db = args.action not in ("list", "verify") or getattr(args, "full", False)
+    settings = Settings.from_env(need_database=needs_db)
+    if args.action == "run":
+        return cli.cli_run(settings)
+    if args.action == "list":
+        return cli.cli_list(settings)
+    if args.action == "verify":
+        return cli.cli_verify(settings, args.names, full=args.full)
+    if args.action == "restore":
+        return cli.cli_restore(settings, args.file, target=args.target, replace=args.replace, yes=args.yes)
+    return cli.cli_schedule(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tillflow",
@@ -123,6 +167,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", _cmd_report, "print the business answers from the analytics views")
     p.add_argument("--product", help="only this product's balance by date")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
+
+    add("serve", _cmd_serve, "run the HTTP API and the WebSocket stream (API_HOST:API_PORT)")
+
+    p = add("token", _cmd_token, "manage the API's bearer tokens (as the owner role)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create a token for one store; prints the token alone")
+    create.add_argument("--store", required=True, help="the store the token may write")
+    create.add_argument("--name", help="what the token is for, e.g. till-3")
+    actions.add_parser("list", help="list tokens (ids, stores, dates; never a secret)")
+    revoke = actions.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("id", metavar="ID", help="the token id, as `tillflow token list` shows it")
+
+    p = add("backup", _cmd_backup, "back up, verify and restore the database (BACKUP_DIR)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("run", help="take a backup now (pg_dump and the roles), check it, then apply retention")
+    actions.add_parser("list", help="list the backups, newest first, with their verifications")
+    verify = actions.add_parser("verify", help="check backups against their manifests; --full restores one")
+    verify.add_argument("names", nargs="*", metavar="NAME", help="backups to check (default: every one)")
+    verify.add_argument("--full", action="store_true",
+                        help="also restore into a scratch database and compare (default: the newest backup)")
+    restore = actions.add_parser("restore", help="restore a backup into a new database, or --replace the live one")
+    restore.add_argument("file", metavar="FILE", help="a backup's name, or the path of its .dump or .manifest.json")
+    restore.add_argument("--target", metavar="NAME", help="the new database's name (default <live>_restored_<time>)")
+    restore.add_argument("--replace", action="store_true",
+                         help="restore over the database of DATABASE_URL after stopping its writers")
+    restore.add_argument("--yes", action="store_true", help="confirm --replace")
+    actions.add_parser("schedule", help="the backup service: run and verify on BACKUP_SCHEDULE and "
+                                        "BACKUP_VERIFY_SCHEDULE, metrics on METRICS_PORT")
+
+    add("smoke", _cmd_smoke, "check a running stack end to end: every service ready, a backup, and a canary "
+                             "transaction through the API into PostgreSQL")
     return parser
 
 

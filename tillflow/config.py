@@ -98,6 +98,56 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default, minimum=1)
+    if value > 65535:
+        raise ConfigError(f"{name}={value} is not a TCP port (1 to 65535)")
+    return value
+
+
+def _cron(env: Mapping[str, str], name: str, default: str) -> str:
+    """A five-field cron expression (or @daily and the like), read in UTC."""
+    from croniter import croniter
+
+    raw = " ".join(env.get(name, "").split()) or default
+    if not (croniter.is_valid(raw) and (raw.startswith("@") or len(raw.split()) == 5)):
+        raise ConfigError(
+            f"{name}={raw!r} is not a cron expression: give minute hour day-of-month month day-of-week "
+            f"(UTC), such as {default!r}"
+        )
+    return raw
+
+
+def _bindir(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not Path(raw).is_dir():
+        raise ConfigError(f"{name}={raw} is not a directory: give the one holding pg_dump and pg_restore")
+    return Path(raw)
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip().rstrip("/")
+    if not raw:
+        return None
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={raw!r} is not an http:// or https:// URL")
+    return raw
+
+
+def _named_urls(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """``name=url,name=url`` (SMOKE_METRICS_URLS) as pairs, in order."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in env.get(name, "").split(","))):
+        label, sep, url = item.partition("=")
+        if not sep or not label.strip() or not url.strip():
+            raise ConfigError(f"{name}: {item!r} is not name=url, such as consumer=http://consumer:9100/metrics")
+        pairs.append((label.strip(), _http_url({name: url}, name)))
+    return tuple(pairs)
+
+
 def _tax_rate(env: Mapping[str, str]) -> Decimal:
     raw = env.get("TAX_RATE", "").strip()
     if not raw:
@@ -133,6 +183,31 @@ class Settings:
     log_level: str = "INFO"
     environment: str = "production"
     role_passwords: Mapping[str, str] = field(default_factory=dict)
+    # tillflow serve (etl/api)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_max_body_bytes: int = 1 << 20
+    api_max_batch: int = 1000
+    api_max_upload_bytes: int = 64 << 20
+    api_max_frame_bytes: int = 64 << 10
+    api_ws_max_in_flight: int = 1000
+    api_publish_timeout: float = 10.0
+    api_auth_cache_seconds: float = 5.0
+    api_spool_dir: Path | None = None
+    # tillflow backup (backup/)
+    backup_dir: Path | None = None
+    backup_schedule: str = "0 */6 * * *"
+    backup_verify_schedule: str = "30 3 * * *"
+    backup_keep_daily: int = 7
+    backup_keep_weekly: int = 4
+    backup_restore_jobs: int = 2
+    pg_bindir: Path | None = None
+    # tillflow smoke (tillflow/smoke.py)
+    api_url: str | None = None
+    smoke_token: str | None = None
+    smoke_store_id: str = "smoke"
+    smoke_timeout: float = 120.0
+    smoke_metrics_urls: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(
@@ -158,7 +233,7 @@ class Settings:
             return inbox_dir.parent / sibling if inbox_dir else None
 
         roles = {}
-        for role in ("owner", "writer", "reader", "backup"):
+        for role in ("owner", "writer", "reader", "backup", "monitor"):
             secret = _secret(env, f"TILLFLOW_{role.upper()}_PASSWORD")
             if secret:
                 if environment != "development" and secret.lower() in _PLACEHOLDERS:
@@ -189,4 +264,26 @@ class Settings:
             log_level=log_level,
             environment=environment,
             role_passwords=roles,
+            api_host=env.get("API_HOST", "").strip() or "127.0.0.1",
+            api_port=_port(env, "API_PORT", 8000),
+            api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", 1 << 20, minimum=1024),
+            api_max_batch=_int(env, "API_MAX_BATCH", 1000, minimum=1),
+            api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", 64 << 20, minimum=1024),
+            api_max_frame_bytes=_int(env, "API_MAX_FRAME_BYTES", 64 << 10, minimum=1024),
+            api_ws_max_in_flight=_int(env, "API_WS_MAX_IN_FLIGHT", 1000, minimum=1),
+            api_publish_timeout=_float(env, "API_PUBLISH_TIMEOUT_SECONDS", 10.0, minimum=0.5),
+            api_auth_cache_seconds=_float(env, "API_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
+            api_spool_dir=Path(env["API_SPOOL_DIR"].strip()) if env.get("API_SPOOL_DIR", "").strip() else None,
+            backup_dir=Path(env["BACKUP_DIR"].strip()) if env.get("BACKUP_DIR", "").strip() else None,
+            backup_schedule=_cron(env, "BACKUP_SCHEDULE", "0 */6 * * *"),
+            backup_verify_schedule=_cron(env, "BACKUP_VERIFY_SCHEDULE", "30 3 * * *"),
+            backup_keep_daily=_int(env, "BACKUP_KEEP_DAILY", 7, minimum=0),
+            backup_keep_weekly=_int(env, "BACKUP_KEEP_WEEKLY", 4, minimum=0),
+            backup_restore_jobs=_int(env, "BACKUP_RESTORE_JOBS", 2, minimum=1),
+            pg_bindir=_bindir(env, "PG_BINDIR"),
+            api_url=_http_url(env, "TILLFLOW_API_URL"),
+            smoke_token=_secret(env, "SMOKE_TOKEN"),
+            smoke_store_id=env.get("SMOKE_STORE_ID", "").strip() or "smoke",
+            smoke_timeout=_float(env, "SMOKE_TIMEOUT_SECONDS", 120.0, minimum=1.0),
+            smoke_metrics_urls=_named_urls(env, "SMOKE_METRICS_URLS"),
         )

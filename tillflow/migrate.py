@@ -18,9 +18,10 @@ Files are ``postgres/migrations/NNNN_description.sql``. ``apply_migrations``:
   migrator's rights). A file is one transaction: no ``CREATE INDEX
   CONCURRENTLY`` or ``VACUUM`` in it;
 - finally gives LOGIN and a password to each role it was given a password for
-  (keys ``owner``, ``writer``, ``reader``, ``backup``). The password is hashed
-  here into a SCRAM verifier, so the plain text never reaches the server or
-  its logs, and a role whose password already matches is left alone.
+  (keys ``owner``, ``writer``, ``reader``, ``backup``, ``monitor``). The
+  password is hashed here into a SCRAM verifier, so the plain text never
+  reaches the server or its logs, and a role whose password already matches
+  is left alone.
 
 Every failure is a ``MigrationError`` naming the file (and line) and the
 server's message, with the psycopg2 error as its cause.
@@ -54,6 +55,7 @@ ROLE_NAMES: Mapping[str, str] = {
     "writer": "tillflow_writer",
     "reader": "tillflow_reader",
     "backup": "tillflow_backup",
+    "monitor": "tillflow_monitor",
 }
 OWNER_ROLE = ROLE_NAMES["owner"]
 RUN_AS_MIGRATOR = "-- tillflow: run-as migrator"

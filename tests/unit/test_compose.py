@@ -218,7 +218,7 @@ def test_every_dependency_has_a_condition_that_fits_it():
 def test_every_one_shot_is_awaited():
     awaited = {dep for svc in services().values() for dep in depends_on(svc)}
     for name, svc in services().items():
-        if is_one_shot(svc):
+        if is_one_shot(svc) and not svc.get("profiles"):  # a profile's tools run on demand (make smoke)
             assert name in awaited, f"one-shot {name} runs, but nothing waits for it to complete"
 
 
@@ -256,6 +256,14 @@ def test_only_the_api_and_grafana_may_publish_ports():
         assert svc.get("network_mode") != "host", f"{name} uses the host network"
         if name not in MAY_PUBLISH:
             assert not svc.get("ports"), f"{name} publishes {svc['ports']}: it stays on the internal network"
+
+
+def test_published_ports_bind_to_the_configurable_address():
+    for name, svc in services().items():
+        for port in svc.get("ports") or []:
+            assert isinstance(port, str) and port.startswith("${TILLFLOW_BIND:-127.0.0.1}:"), (
+                f"{name} publishes {port}: bind it to ${{TILLFLOW_BIND:-127.0.0.1}} (loopback unless opened)"
+            )
 
 
 def test_no_database_or_kafka_port_is_published():
@@ -328,6 +336,27 @@ def test_every_service_drops_privileges():
             assert svc.get("read_only") is True, f"{name}: read_only: true (with tmpfs where it writes)"
 
 
+# Images that run as an unprivileged user of their own when compose sets no `user:`.
+NON_ROOT_IMAGES = {
+    "apache/kafka": "appuser (uid 1000)",
+    "prom/prometheus": "nobody",
+    "grafana/grafana": "grafana (uid 472)",
+    "prometheuscommunity/postgres-exporter": "nobody",
+}
+
+
+def test_every_service_runs_as_a_non_root_user():
+    for name, svc in services().items():
+        user = str(svc.get("user", "")).split(":")[0]
+        if user:
+            assert user not in ("root", "0"), f"{name} runs as root"
+        elif is_tillflow(svc):
+            assert re.search(r"^USER 10001", _dockerfile(), re.MULTILINE), "the Tillflow image must set USER"
+        else:
+            repository = image_of(svc).rsplit(":", 1)[0]
+            assert repository in NON_ROOT_IMAGES, f"{name}: set user: (its image {repository} may run as root)"
+
+
 def test_one_internal_network_joins_everything():
     networks = compose().get("networks") or {}
     internal = [name for name, spec in networks.items() if (spec or {}).get("internal") is True]
@@ -340,7 +369,10 @@ def test_one_internal_network_joins_everything():
 
 def test_stateful_services_keep_data_on_named_volumes():
     volumes = compose().get("volumes") or {}
-    for name, mount_point in [("postgres", "/var/lib/postgresql/data")] + [
+    backups = [(n, environment(s)["BACKUP_DIR"]) for n, s in tillflow_services().items() if s["command"][0] == "backup"]
+    assert backups, "no backup service: its dumps need a named volume too"
+    for name, mount_point in [("postgres", "/var/lib/postgresql/data"), ("prometheus", "/prometheus"),
+                              ("grafana", "/var/lib/grafana"), *backups] + [
         (kafka, environment(svc)["KAFKA_LOG_DIRS"]) for kafka, svc in kafka_services().items()
     ]:
         mounts = {parts[1]: parts[0] for parts in (m.split(":") for m in services()[name].get("volumes") or [])}
@@ -360,6 +392,53 @@ def test_tillflow_commands_are_subcommands():
         command = svc.get("command")
         assert isinstance(command, list) and command, f'{name}: command must be a list such as ["consume"]'
         assert command[0] in known, f"{name}: `tillflow {command[0]}` is not a subcommand ({sorted(known)})"
+
+
+def test_every_tillflow_command_runs_with_the_real_cli():
+    """`tillflow <command> --help` parses each service's whole command line, options and all."""
+    script = Path(sys.executable).with_name("tillflow")
+    executable = str(script) if script.exists() else shutil.which("tillflow")
+    for name, svc in tillflow_services().items():
+        argv = [executable, *svc["command"], "--help"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, f"{name}: `tillflow {' '.join(svc['command'])}` is refused: {result.stderr}"
+
+
+class _ReadRecorder(dict):
+    """An environment that remembers every name the settings looked up."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+def test_every_variable_a_tillflow_service_sets_is_read_by_the_settings(tmp_path):
+    """A variable the settings never look up is a typo or a leftover: the service would silently ignore it."""
+    from tillflow.config import Settings
+
+    for name, svc in tillflow_services().items():
+        env = {key: resolve(value) for key, value in environment(svc).items()}
+        for key, value in env.items():
+            if key.endswith("_FILE") and value.startswith("/run/secrets/"):
+                secret = tmp_path / value.removeprefix("/run/secrets/")
+                secret.write_text("a-real-secret-" + secret.name)
+                env[key] = str(secret)
+        recorder = _ReadRecorder(env)
+        Settings.from_env(recorder)
+        unread = set(env) - recorder.read
+        assert not unread, f"{name} sets {sorted(unread)}, which tillflow/config.py never reads"
 
 
 def test_tillflow_settings_are_documented():
@@ -395,6 +474,22 @@ def test_settings_read_by_config_are_documented():
     expected = names | {f"{n}_FILE" for n in secrets | roles} | roles
     missing = expected - documented_variables()
     assert names and not missing, f".env.example does not document {sorted(missing)}"
+
+
+def test_the_smoke_check_covers_every_tillflow_service():
+    """make smoke (and so every deploy) checks the API and each service's metrics endpoint."""
+    smoke = services()["smoke"]
+    assert smoke["command"] == ["smoke"] and is_one_shot(smoke) and smoke.get("profiles") == ["tools"]
+    env = environment(smoke)
+    assert env["TILLFLOW_API_URL"] == "http://api:8000"
+    checked = dict(item.split("=", 1) for item in env["SMOKE_METRICS_URLS"].split(","))
+    for name, svc in tillflow_services().items():
+        port = environment(svc).get("METRICS_PORT")
+        if is_long_running(svc) and port:
+            assert checked.get(name) == f"http://{name}:{port}/metrics", f"make smoke does not check {name}"
+    assert "backup" in checked, "make smoke checks that a backup exists through the backup service"
+    assert env["DATABASE_URL"].startswith("postgresql://tillflow_owner@"), "it makes and revokes its API token"
+    assert "smoke:" in (ROOT / "Makefile").read_text(encoding="utf-8")
 
 
 def test_the_bootstrap_superuser_is_used_by_migrate_only():

@@ -1,0 +1,481 @@
+"""The API benchmark (``make bench-api``): the HTTP API and the WebSocket against their ceiling.
+
+``python -m bench.api [--seconds S] [--local]`` starts its own native stack in
+a temporary directory (PostgreSQL and three KRaft brokers, as ``make local``
+does; ``--local`` uses the running ``make local`` stack from ``.local/env``
+instead, on topics of its own), creates a token, runs ``tillflow serve`` as a
+child process and measures, in one run:
+
+``ceiling``
+    a plain kafka-python producer loop with the API's producer settings
+    (acks=all, idempotence, linger 2 ms, 256 KiB batches) sending the same
+    encoded transactions: its throughput, and the latency from send to
+    acknowledgement of one record at a time at each offered load.
+``http``
+    ``POST /v1/transactions`` with one transaction per request, open loop at
+    fixed offered loads (100, 500, 1000 tx/s for S seconds each): latency is
+    counted from when each request was due, so a server that falls behind
+    shows it (no coordinated omission); and closed loop with 32 concurrent
+    connections for the maximum throughput.
+``websocket``
+    5 connections sending one transaction per frame, up to 500 unanswered
+    each; and the same with 100 transactions per frame (``results`` answers).
+
+The load generators are lean (raw HTTP/1.1 on keep-alive connections, the
+``websockets`` client) and run in this process; the server's CPU time per
+transaction is read from /proc, which stays meaningful on a busy machine where
+wall-clock rates do not. Prints a table and writes ``bench/results/api.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "api.json"
+LOADS = (100, 500, 1000)
+TARGETS = {"http_p99_ms_at_500": 50.0, "websocket_tx_per_s": 5000.0}
+
+
+def log(message: str) -> None:
+    print(f"[bench-api {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def transactions(n: int) -> list[dict]:
+    from devstack import datagen
+
+    return [{"id": r.id, "transaction_date": r.transaction_date.isoformat(), "category": r.category,
+             "name": r.name, "quantity": r.quantity, "amount_excl_tax": str(r.amount_excl_tax),
+             "amount_inc_tax": str(r.amount_inc_tax)} for r in datagen.rows(n, seed=int(time.time()))]
+
+
+# -- the stack ---------------------------------------------------------------------------
+class Stack:
+    """Its own PostgreSQL and three brokers, or the running ``make local`` stack."""
+
+    def __init__(self, local: bool) -> None:
+        self.local = local
+        self.root = Path(tempfile.mkdtemp(prefix="tillflow-bench-api-"))
+        self.root.chmod(0o755)
+        self.postgres = self.kafka = None
+        suffix = uuid.uuid4().hex[:8]
+        self.topics = (f"bench.api.{suffix}.transactions", f"bench.api.{suffix}.rejects")
+
+    def start(self) -> None:
+        if self.local:
+            values = _read_env(REPO / ".local" / "env")
+            self.bootstrap = values["KAFKA_BOOTSTRAP_SERVERS"]
+            self.owner_url, self.writer_url = values["DATABASE_URL"], values["TILLFLOW_WRITER_URL"]
+        else:
+            import psycopg2
+
+            from devstack.kafka import KafkaCluster
+            from devstack.postgres import NativePostgres
+            from devstack.proc import free_port
+            from tillflow.migrate import apply_migrations
+
+            log("starting PostgreSQL and 3 Kafka brokers")
+            self.postgres = NativePostgres(self.root / "postgres", free_port(), secrets.token_hex(16),
+                                           attached=True, durable=True)
+            self.postgres.start()
+            self.kafka = KafkaCluster(self.root / "kafka", [free_port() for _ in range(3)],
+                                      [free_port() for _ in range(3)], attached=True)
+            self.kafka.start()
+            conn = psycopg2.connect(self.postgres.url())
+            conn.autocommit = True
+            conn.cursor().execute("CREATE DATABASE tillflow")
+            conn.close()
+            passwords = {role: secrets.token_hex(12) for role in ("owner", "writer", "reader", "backup")}
+            apply_migrations(self.postgres.url(dbname="tillflow"), role_passwords=passwords)
+            self.bootstrap = self.kafka.bootstrap_servers
+            self.owner_url = self.postgres.url("tillflow_owner", passwords["owner"], "tillflow")
+            self.writer_url = self.postgres.url("tillflow_writer", passwords["writer"], "tillflow")
+        from etl.topics import create_topics
+
+        create_topics(self.bootstrap.split(","), list(self.topics))
+
+    def stop(self) -> None:
+        for server in (self.kafka, self.postgres):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    if not path.exists():
+        raise SystemExit(f"bench-api: {path} does not exist: run `make local` first, or drop --local")
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    return values
+
+
+class Server:
+    """``tillflow serve`` as a child process, as in production."""
+
+    def __init__(self, stack: Stack) -> None:
+        from devstack.proc import free_port
+
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DATABASE_", "API_", "TILLFLOW_"))}
+        env.update({"DATABASE_URL": stack.writer_url, "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+                    "KAFKA_TOPIC_TRANSACTIONS": stack.topics[0], "KAFKA_TOPIC_REJECTS": stack.topics[1],
+                    "API_HOST": "127.0.0.1", "API_PORT": str(self.port), "LOG_LEVEL": "WARNING"})
+        self.log_path = stack.root / "api.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen([str(Path(sys.executable).with_name("tillflow")), "serve"], env=env,
+                                         stdout=out, stderr=out)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench-api: tillflow serve exited: {self.log_path.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise SystemExit("bench-api: the API did not become ready")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# -- the ceiling: a plain kafka-python producer loop ------------------------------------------
+def _producer(bootstrap: str):
+    from kafka import KafkaProducer
+
+    from etl.api.publish import LINGER_MS
+
+    return KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", enable_idempotence=True,
+                         retries=2**31 - 1, max_in_flight_requests_per_connection=5, linger_ms=LINGER_MS,
+                         request_timeout_ms=5000, delivery_timeout_ms=10000, batch_size=256 * 1024)
+
+
+def _encoded(items: list[dict]) -> list[tuple[bytes, bytes]]:
+    from tillflow.messages import encode_transaction
+    from tillflow.record import Origin, validate
+
+    out = []
+    for i, item in enumerate(items):
+        tx = validate(item, origin=Origin("api", "bench", i + 1))
+        out.append((item["id"].encode(), encode_transaction(tx)))
+    return out
+
+
+def ceiling(stack: Stack, n: int, seconds: float) -> dict:
+    producer = _producer(stack.bootstrap)
+    topic = stack.topics[0]
+    records = _encoded(transactions(n))
+    producer.send(topic, key=b"warm-up", value=records[0][1]).get(30)
+    done = threading.Event()
+    acked = [0]
+
+    def ok(_metadata) -> None:
+        acked[0] += 1
+        if acked[0] == n:
+            done.set()
+
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for key, value in records:
+        producer.send(topic, key=key, value=value).add_callback(ok)
+    done.wait(300)
+    elapsed, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result = {"tx_per_s": round(n / elapsed), "cpu_us_per_tx": round(cpu / n * 1e6, 1), "latency": {}}
+    for load in LOADS:
+        latencies: list[float] = []
+        count = int(load * seconds)
+        paced = _encoded(transactions(count))
+        t0 = time.perf_counter()
+        for i, (key, value) in enumerate(paced):
+            due = t0 + i / load
+            while (delay := due - time.perf_counter()) > 0:
+                time.sleep(delay)
+            producer.send(topic, key=key, value=value).add_callback(
+                lambda _m, due=due: latencies.append(time.perf_counter() - due))
+        producer.flush(60)
+        result["latency"][str(load)] = _latency(latencies, count, time.perf_counter() - t0, errors=0)
+    producer.close(10)
+    return result
+
+
+def _latency(latencies: list[float], count: int, elapsed: float, errors: int) -> dict:
+    return {"requests": count, "achieved_per_s": round(len(latencies) / elapsed, 1), "errors": errors,
+            "p50_ms": _ms(percentile(latencies, 0.50)), "p99_ms": _ms(percentile(latencies, 0.99)),
+            "max_ms": _ms(max(latencies) if latencies else None)}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+class _Connection:
+    """One keep-alive HTTP/1.1 connection; requests are pre-built bytes."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader = self.writer = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def request(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return int(status_line.split()[1])
+
+
+def _post(token: str, body: bytes) -> bytes:
+    return (b"POST /v1/transactions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\n\r\n" + body)
+
+
+async def _open_pool(port: int, size: int) -> asyncio.Queue:
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(size):
+        conn = _Connection(port)
+        await conn.open()
+        pool.put_nowait(conn)
+    return pool
+
+
+async def http_open_loop(port: int, token: str, load: int, seconds: float) -> dict:
+    count = int(load * seconds)
+    bodies = [_post(token, json.dumps(item).encode()) for item in transactions(count)]
+    pool = await _open_pool(port, 64)
+    latencies: list[float] = []
+    errors = [0]
+
+    async def one(raw: bytes, due: float) -> None:
+        conn = await pool.get()
+        try:
+            status = await conn.request(raw)
+        finally:
+            pool.put_nowait(conn)
+        if status == 200:
+            latencies.append(time.perf_counter() - due)
+        else:
+            errors[0] += 1
+
+    tasks = []
+    t0 = time.perf_counter()
+    for i, raw in enumerate(bodies):
+        due = t0 + i / load
+        if (delay := due - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(raw, due)))
+    await asyncio.gather(*tasks)
+    return _latency(latencies, count, time.perf_counter() - t0, errors[0])
+
+
+async def http_closed_loop(port: int, token: str, seconds: float, concurrency: int = 32) -> dict:
+    pool = await _open_pool(port, concurrency)
+    bodies = [_post(token, json.dumps(item).encode()) for item in transactions(int(2000 * seconds))]
+    done = [0]
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        conn = await pool.get()
+        while time.perf_counter() < deadline and bodies:
+            if await conn.request(bodies.pop()) == 200:
+                done[0] += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"concurrency": concurrency, "transactions": done[0],
+            "tx_per_s": round(done[0] / (time.perf_counter() - t0), 1)}
+
+
+# -- WebSocket ---------------------------------------------------------------------------------
+async def websocket(port: int, token: str, *, clients: int, per_client: int, per_frame: int,
+                    window: int = 500) -> dict:
+    from websockets.asyncio.client import connect
+
+    async def till(items: list[dict]) -> int:
+        frames = ([json.dumps(i) for i in items] if per_frame == 1 else
+                  [json.dumps(items[k:k + per_frame]) for k in range(0, len(items), per_frame)])
+        acked = 0
+        async with connect(f"ws://127.0.0.1:{port}/v1/stream", additional_headers={
+                "Authorization": f"Bearer {token}"}, max_queue=None, max_size=2**24) as ws:
+            slots = asyncio.Semaphore(max(1, window // per_frame))
+
+            async def send() -> None:
+                for frame in frames:
+                    await slots.acquire()
+                    await ws.send(frame)
+
+            sender = asyncio.create_task(send())
+            for _ in frames:
+                answer = json.loads(await ws.recv())
+                slots.release()
+                answers = answer["results"] if answer["type"] == "results" else [answer]
+                acked += sum(1 for a in answers if a["type"] == "ack")
+            await sender
+        return acked
+
+    batches = [transactions(per_client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    acked = sum(await asyncio.gather(*(till(items) for items in batches)))
+    elapsed = time.perf_counter() - t0
+    return {"clients": clients, "per_frame": per_frame, "transactions": clients * per_client, "acked": acked,
+            "tx_per_s": round(acked / elapsed, 1)}
+
+
+# -- run -----------------------------------------------------------------------------------------
+def _with_cpu(server: Server, run, transactions_done) -> dict:
+    before = server.cpu()
+    result = run()
+    spent = server.cpu() - before
+    done = transactions_done(result)
+    result["server_cpu_us_per_tx"] = round(spent / done * 1e6, 1) if done else None
+    return result
+
+
+def measure(stack: Stack, seconds: float, ws_per_client: int) -> dict:
+    from etl.api import tokens
+
+    token = tokens.create(stack.owner_url, "main", "bench")
+    server = Server(stack)
+    try:
+        server.wait_ready()
+        log("ceiling: plain kafka-python producer loop")
+        report = {"ceiling": ceiling(stack, 20_000, seconds), "http": {}, "websocket": {}}
+        asyncio.run(http_open_loop(server.port, token, 100, 2))  # warm-up: producer, connections, caches
+        for load in LOADS:
+            log(f"HTTP: {load} tx/s for {seconds:g} s")
+            report["http"][str(load)] = _with_cpu(
+                server, lambda: asyncio.run(http_open_loop(server.port, token, load, seconds)),
+                lambda r: r["requests"] - r["errors"])
+        log("HTTP: closed loop, 32 connections")
+        report["http"]["max"] = _with_cpu(server, lambda: asyncio.run(http_closed_loop(server.port, token, seconds)),
+                                          lambda r: r["transactions"])
+        for per_frame in (1, 100):
+            log(f"WebSocket: 5 connections, {per_frame} transaction(s) per frame")
+            report["websocket"][f"per_frame_{per_frame}"] = _with_cpu(
+                server, lambda: asyncio.run(websocket(server.port, token, clients=5, per_client=ws_per_client,
+                                                      per_frame=per_frame)),
+                lambda r: r["acked"])
+    finally:
+        server.stop()
+    return report
+
+
+def summarise(report: dict, seconds: float) -> dict:
+    p99 = report["http"]["500"]["p99_ms"]
+    ws = report["websocket"]["per_frame_1"]["tx_per_s"]
+    report["targets"] = {
+        "http_p99_ms_at_500": {"value": p99, "target": f"< {TARGETS['http_p99_ms_at_500']}",
+                               "met": p99 is not None and p99 < TARGETS["http_p99_ms_at_500"]},
+        "websocket_tx_per_s": {"value": ws, "target": f">= {TARGETS['websocket_tx_per_s']:g}",
+                               "met": ws >= TARGETS["websocket_tx_per_s"]},
+    }
+    report["vs_ceiling"] = {
+        "http_max": round(report["http"]["max"]["tx_per_s"] / report["ceiling"]["tx_per_s"], 3),
+        "websocket_per_frame_1": round(ws / report["ceiling"]["tx_per_s"], 3),
+        "websocket_per_frame_100": round(report["websocket"]["per_frame_100"]["tx_per_s"]
+                                         / report["ceiling"]["tx_per_s"], 3),
+    }
+    report["machine"] = {"cores": os.cpu_count(), "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
+                         "python": platform.python_version(), "platform": platform.platform()}
+    report["settings"] = {"seconds_per_load": seconds, "loads_tx_per_s": list(LOADS)}
+    return report
+
+
+def render(report: dict) -> str:
+    c, h, w = report["ceiling"], report["http"], report["websocket"]
+    lines = ["", "Tillflow API benchmark (tx = one transaction, acknowledged by Kafka)", "",
+             f"{'case':44} {'tx/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'server CPU us/tx':>17}"]
+    lines.append(f"{'ceiling: kafka-python producer loop':44} {c['tx_per_s']:>9} {'':>8} {'':>8} "
+                 f"{c['cpu_us_per_tx']:>17}")
+    for load in LOADS:
+        lat = c["latency"][str(load)]
+        lines.append(f"{f'ceiling: one record at a time, {load}/s':44} {lat['achieved_per_s']:>9} "
+                     f"{lat['p50_ms']:>8} {lat['p99_ms']:>8} {'':>17}")
+    for load in LOADS:
+        r = h[str(load)]
+        lines.append(f"{f'HTTP POST, offered {load}/s':44} {r['achieved_per_s']:>9} {r['p50_ms']:>8} "
+                     f"{r['p99_ms']:>8} {r['server_cpu_us_per_tx']!s:>17}")
+    lines.append(f"{'HTTP POST, 32 connections (max)':44} {h['max']['tx_per_s']:>9} {'':>8} {'':>8} "
+                 f"{h['max']['server_cpu_us_per_tx']!s:>17}")
+    for key, label in (("per_frame_1", "WebSocket, 5 tills, 1 tx per frame"),
+                       ("per_frame_100", "WebSocket, 5 tills, 100 tx per frame")):
+        lines.append(f"{label:44} {w[key]['tx_per_s']:>9} {'':>8} {'':>8} {w[key]['server_cpu_us_per_tx']!s:>17}")
+    lines.append("")
+    for name, target in report["targets"].items():
+        verdict = "met" if target["met"] else "NOT met"
+        lines.append(f"target {name}: {target['value']} (want {target['target']}): {verdict}")
+    lines.append(f"machine: {report['machine']['cores']} cores, load average at the end "
+                 f"{report['machine']['load_average_at_end']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="seconds per offered load (default 10)")
+    parser.add_argument("--ws-per-client", type=int, default=4000, help="transactions per WebSocket client")
+    parser.add_argument("--local", action="store_true", help="use the running `make local` stack (.local/env)")
+    args = parser.parse_args(argv)
+    stack = Stack(args.local)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        stack.start()
+        report = summarise(measure(stack, args.seconds, args.ws_per_client), args.seconds)
+    finally:
+        stack.stop()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(render(report))
+    print(f"\nwritten to {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

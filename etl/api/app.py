@@ -1,0 +1,102 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+The lifespan opens what the routes share and closes it in reverse order on
+shutdown: the PostgreSQL pool (tokens, uploads), the token checker, the Kafka
+publisher (whose close waits for what it still holds) and the upload loader.
+Neither Kafka nor PostgreSQL has to be up for the app to start: ``/readyz``
+says when Kafka can take writes, and writes are answered 503 until it can.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+
+from etl.api import errors, metrics, routes, stream, upload
+from etl.api.auth import Authenticator
+from etl.api.database import Database
+from etl.api.publish import AsyncPublisher
+from tillflow.config import Settings
+
+log = logging.getLogger("tillflow.api")
+
+DESCRIPTION = """\
+Transactions into Tillflow: validated with the record rules, published to Kafka,
+stored exactly once in PostgreSQL. Every write is answered only after Kafka
+acknowledged it (acks=all, two in-sync replicas).
+
+* Authenticate with `Authorization: Bearer <token>` (`tillflow token create --store ID`).
+  A token writes one store's transactions only.
+* 503 with `Retry-After` means nothing in the request is confirmed: send it again.
+  Transaction ids make any retry safe.
+* The WebSocket `/v1/stream` takes one transaction per frame and answers each with
+  `ack`, `reject` or `error` (see the `etl.api.stream` docstring for the protocol).
+"""
+
+
+def _version() -> str:
+    try:
+        return version("tillflow")
+    except PackageNotFoundError:
+        return "0"
+
+
+class _Metrics:
+    """ASGI middleware counting HTTP requests by route template, method and status."""
+
+    _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "other")
+            method = scope["method"] if scope["method"] in self._METHODS else "other"
+            metrics.REQUESTS.labels(route=route, method=method, status=str(status[0])).inc()
+            metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for these settings (DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS required)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        db = Database(settings.database_url)
+        app.state.db = db
+        app.state.auth = Authenticator(db, settings.api_auth_cache_seconds)
+        app.state.publisher = AsyncPublisher(settings)
+        app.state.uploader = upload.Uploader(settings)
+        await app.state.publisher.start()
+        log.info("serving on http://%s:%d (store tokens in api.tokens, topics %s and %s)",
+                 settings.api_host, settings.api_port, settings.topic_transactions, settings.topic_rejects)
+        try:
+            yield
+        finally:
+            await app.state.auth.close()
+            await app.state.publisher.close()
+            app.state.uploader.close()
+            db.close()
+
+    app = FastAPI(title="Tillflow API", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+    app.include_router(routes.router(settings))
+    app.include_router(upload.router(settings))
+    app.include_router(stream.router(settings))
+    app.add_middleware(_Metrics)
+    return app
