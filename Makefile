@@ -16,7 +16,11 @@ secrets: ## Create random secret files under ./secrets (never overwrites)
 
 up: secrets ## Start the whole stack with docker compose
 	$(COMPOSE) up -d --build
-	@echo "Tillflow is up. Drop CSV files into ./inbox; 'make ps' shows the services."
+	@bind=$$(grep -s '^TILLFLOW_BIND=' .env | cut -d= -f2); bind=$${bind:-127.0.0.1}; \
+	 echo "Tillflow is up:"; \
+	 echo "  API      http://$$bind:8000/docs"; \
+	 echo "  Grafana  http://$$bind:$$(grep -s '^GRAFANA_PORT=' .env | cut -d= -f2 || true)$$( [ -z "$$(grep -s '^GRAFANA_PORT=' .env)" ] && echo 3000)"; \
+	 echo "  Inbox    ./inbox (CSV files named retail_DD_MM_YYYY.csv)"
 
 down: ## Stop the compose stack (keeps data)
 	$(COMPOSE) down
@@ -81,15 +85,26 @@ local-status: ## Show what the native stack runs
 	@$(PY) -m devstack.local status
 
 # -- Development -----------------------------------------------------------------
-.PHONY: test test-unit bench lock
+.PHONY: test test-unit bench bench-ingest bench-backup bench-api lock
 test: deps ## Install everything needed, start real services, run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tests only (no services)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-bench: deps ## Ingest benchmark on the native stack: 1M rows vs a COPY ceiling (bench/results/)
+bench: deps ## All benchmarks on the native stack, each against a ceiling measured in the same run (bench/results/)
 	$(PY) -m bench.ingest
+	$(PY) -m bench.backup
+	$(PY) -m bench.api
+
+bench-ingest: deps ## Ingest: 1M rows through the pipeline vs a COPY ceiling
+	$(PY) -m bench.ingest
+
+bench-backup: deps ## Backup and restore of 1M rows vs bare pg_dump/pg_restore
+	$(PY) -m bench.backup
+
+bench-api: deps ## API: HTTP and WebSocket vs a plain kafka-python producer loop
+	$(PY) -m bench.api
 
 lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
 	rm -rf .venv-lock && python3 -m venv .venv-lock

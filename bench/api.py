@@ -37,6 +37,7 @@ import platform
 import resource
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,7 @@ class Stack:
             if server is not None:
                 with contextlib.suppress(Exception):
                     server.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _read_env(path: Path) -> dict[str, str]:

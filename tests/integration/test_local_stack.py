@@ -50,6 +50,7 @@ def stack_env():
         env[f"LOCAL_CONTROLLER{i}_PORT"] = str(free_port())
     env["LOCAL_CONSUMER_METRICS_PORT"] = str(free_port())
     env["LOCAL_WATCHER_METRICS_PORT"] = str(free_port())
+    env["LOCAL_API_PORT"] = str(free_port())
     yield env
     local(env, "destroy")
     shutil.rmtree(base, ignore_errors=True)
