@@ -18,12 +18,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import psycopg2
-from kafka import KafkaConsumer, TopicPartition
 
 from devstack.proc import free_port
+from support.pipeline import (  # noqa: F401 (re-exported for the API tests)
+    TILLFLOW, consume_until_idle, query, stored_ids, tillflow, topic_size, wait_for,
+)
 
-TILLFLOW = str(Path(sys.executable).with_name("tillflow"))
 DAY = datetime.date(2026, 1, 5)
 
 
@@ -84,43 +84,8 @@ class ApiServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
 
 
-def tillflow(env: dict, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([TILLFLOW, *args], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"tillflow {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def consume_until_idle(env: dict, idle: float = 3) -> None:
-    tillflow(env, "consume", "--until-idle", str(idle), timeout=600)
-
-
-def query(db, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(db.url("postgres"))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def stored_ids(db) -> set[str]:
-    return {row[0] for row in query(db, "SELECT id::text FROM sales.transactions")}
-
-
 def assert_each_stored_once(db) -> None:
     assert query(db, "SELECT count(*) = count(DISTINCT id) FROM sales.transactions") == [(True,)]
-
-
-def topic_size(bootstrap: str, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
 
 
 def transaction(*, store_id: str | None = None, **changes) -> dict:
@@ -135,12 +100,3 @@ def transaction(*, store_id: str | None = None, **changes) -> dict:
         doc["store_id"] = store_id
     doc.update(changes)
     return doc
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

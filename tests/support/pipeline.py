@@ -25,7 +25,7 @@ def tillflow(env: dict, *args: str, timeout: float = 180, check: bool = True) ->
 
 def consume_until_idle(env: dict, idle: float = 3) -> subprocess.CompletedProcess:
     """Drain both topics into PostgreSQL with a real consumer process."""
-    return tillflow(env, "consume", "--until-idle", str(idle))
+    return tillflow(env, "consume", "--until-idle", str(idle), timeout=600)
 
 
 def start_consumer(env: dict, log_path: Path) -> subprocess.Popen:
