@@ -211,9 +211,11 @@ class Worker:
     def _caught_up(self, consumer: KafkaConsumer, idle_for: float, until_idle: float) -> bool:
         assignment = consumer.assignment()
         if not assignment:
-            # Not (yet) given partitions: the group may still be forming. A worker
-            # that stays without partitions (more workers than partitions) is idle too.
-            return idle_for >= until_idle + 30
+            # Not (yet) given partitions: the group may still be forming, and after
+            # a member was killed the coordinator waits out its session timeout (30 s)
+            # before it rebalances. A worker that stays without partitions (more
+            # workers than partitions) is idle too, once that wait is surely over.
+            return idle_for >= until_idle + 60
         ends = consumer.end_offsets(list(assignment))
         return all(consumer.position(tp) >= end for tp, end in ends.items())
 

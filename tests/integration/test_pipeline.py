@@ -181,7 +181,8 @@ def test_consumer_sigkilled_mid_stream_and_restarted_stores_each_id_once(env, mi
     for _ in range(2):
         proc = start_consumer(small, tmp_path / "consumer.log")
         before = len(stored(migrated_db))
-        wait_for(lambda: len(stored(migrated_db)) > before, 60, "progress")
+        # A restarted member gets partitions only after the killed one's session times out.
+        wait_for(lambda: len(stored(migrated_db)) > before, 180, "progress")
         proc.kill()
         proc.wait(timeout=30)
     consume_until_idle(env)
