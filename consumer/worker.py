@@ -209,15 +209,26 @@ class Worker:
         metrics.LAST_COMMIT.set_to_current_time()
 
     def _caught_up(self, consumer: KafkaConsumer, idle_for: float, until_idle: float) -> bool:
+        """True when the group has read and committed every partition to its end.
+
+        Partitions assigned to this member count by position; the others by the
+        group's committed offset, so a member that was not (yet) handed any
+        partition, e.g. while the coordinator waits out a killed member's
+        session, does not mistake that for being done.
+        """
         assignment = consumer.assignment()
-        if not assignment:
-            # Not (yet) given partitions: the group may still be forming, and after
-            # a member was killed the coordinator waits out its session timeout (30 s)
-            # before it rebalances. A worker that stays without partitions (more
-            # workers than partitions) is idle too, once that wait is surely over.
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (self.settings.topic_transactions, self.settings.topic_rejects)
+            for p in (consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
             return idle_for >= until_idle + 60
-        ends = consumer.end_offsets(list(assignment))
-        return all(consumer.position(tp) >= end for tp, end in ends.items())
+        for tp, end in consumer.end_offsets(partitions).items():
+            done = consumer.position(tp) if tp in assignment else (consumer.committed(tp) or 0)
+            if done < end:
+                return False
+        return True
 
     def _report_lag(self, consumer: KafkaConsumer) -> None:
         assigned = set()
