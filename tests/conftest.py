@@ -22,6 +22,7 @@ import pytest
 from psycopg2 import sql
 
 from support import services
+from support.services import create_topic
 
 ROLES = ("owner", "writer", "reader", "backup", "monitor")
 
@@ -120,19 +121,6 @@ class Topics:
     transactions: str
     rejects: str
     group: str
-
-
-def create_topic(bootstrap: str, name: str, partitions: int = 6) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics(
-            [NewTopic(name, partitions, 3, topic_configs={
-                "min.insync.replicas": "2", "unclean.leader.election.enable": "false"})]
-        )
-    finally:
-        admin.close()
 
 
 @pytest.fixture

@@ -30,25 +30,6 @@ UNAUTHORIZED = {"error": {"code": "unauthorized",
                           "message": "a valid bearer token is required: send Authorization: Bearer <token>"}}
 
 
-@pytest.fixture
-def api_env(env) -> dict[str, str]:
-    return dict(env)
-
-
-@pytest.fixture
-def token(migrated_db) -> str:
-    return tokens.create(migrated_db.url("owner"), "main", "tests")
-
-
-@pytest.fixture
-def server(api_env, tmp_path):
-    """``tillflow serve`` for this test; a test may change ``api_env`` before asking for it."""
-    api = ApiServer(api_env, tmp_path / "api.log").start()
-    yield api
-    assert api.stop() == 0, api.log()
-    assert "Traceback" not in api.log(), api.log()
-
-
 def published(running_kafka, topics) -> tuple[int, int]:
     servers = running_kafka.bootstrap_servers
     return topic_size(servers, topics.transactions), topic_size(servers, topics.rejects)

@@ -17,28 +17,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from etl.api import tokens
 from support.api import (
     ApiServer, assert_each_stored_once, consume_until_idle, query, stored_ids, topic_size, transaction,
 )
-
-
-@pytest.fixture
-def api_env(env) -> dict[str, str]:
-    return dict(env)
-
-
-@pytest.fixture
-def token(migrated_db) -> str:
-    return tokens.create(migrated_db.url("owner"), "main", "till")
-
-
-@pytest.fixture
-def server(api_env, tmp_path):
-    api = ApiServer(api_env, tmp_path / "api.log").start()
-    yield api
-    assert api.stop() == 0, api.log()
-    assert "Traceback" not in api.log(), api.log()
 
 
 def opened(server: ApiServer, token: str | None):

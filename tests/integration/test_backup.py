@@ -385,13 +385,13 @@ def test_a_full_disk_reported_by_pg_dump_fails_cleanly(migrated_db, tmp_path):
 
 @pytest.fixture
 def small_disk():
-    """A 256 KiB tmpfs (needs root and mount rights: skipped elsewhere)."""
+    """A 256 KiB tmpfs (needs root and mount rights, which make test has: it runs as root)."""
     mount_point = make_root()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         shutil.rmtree(mount_point, ignore_errors=True)
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        pytest.fail(f"cannot mount a small tmpfs for the full-disk test: {done.stderr.strip()}")
     yield mount_point
     subprocess.run(["umount", str(mount_point)], check=False)
     shutil.rmtree(mount_point, ignore_errors=True)

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError
 
-from conftest import create_topic
+from support.services import create_topic
 
 
 def _producer(bootstrap: str, **extra) -> KafkaProducer:

@@ -384,8 +384,7 @@ def test_backup_reads_everything_pg_dump_needs_and_writes_nothing(migrated_db):
         assert_denied(conn, "CREATE TABLE public.mine (id int)")
 
     pg_dump = _pg_dump()
-    if pg_dump is None:
-        pytest.skip("no pg_dump installed to run as the backup role")
+    assert pg_dump is not None, "pg_dump is missing: make deps installs PostgreSQL"
     done = subprocess.run(
         [pg_dump, "--dbname", migrated_db.url("backup"), "--format=plain", "--no-owner"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "PGCONNECT_TIMEOUT": "10"},

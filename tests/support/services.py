@@ -206,3 +206,16 @@ class DockerKafkaCluster:
         for node in self.nodes:
             node.container.stop()
         self.network.remove()
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 6) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(name, partitions, 3, topic_configs={
+                "min.insync.replicas": "2", "unclean.leader.election.enable": "false"})]
+        )
+    finally:
+        admin.close()
