@@ -33,6 +33,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import NamedTuple
 
 import psycopg2
 import psycopg2.errors
@@ -71,8 +72,9 @@ class SinkUnavailable(SinkError):
     """PostgreSQL cannot be reached or is shutting down; the batch can be retried."""
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
+class Position(NamedTuple):
+    """Where a record sits in Kafka (a tuple: built once per record on the hot path)."""
+
     topic: str
     partition: int
     offset: int

@@ -2,12 +2,24 @@
 
 One loop, in this order, forever:
 
-1. poll records from ``tillflow.transactions`` and ``tillflow.rejects`` (group
-   ``tillflow-writer``; several workers share the partitions) until a batch is
-   full or its time is up;
+1. consume records from ``tillflow.transactions`` and ``tillflow.rejects``
+   (group ``tillflow-writer``; several workers share the partitions) until a
+   batch is full or its time is up;
 2. decode them (an undecodable message becomes a reject, never a crash);
 3. write the batch in one PostgreSQL transaction (``consumer.sink``);
 4. commit the batch's offsets to Kafka, only after the database commit.
+
+Steps 3 and 4 of one batch overlap steps 1 and 2 of the next: a writer thread
+streams batch N into PostgreSQL (psycopg2 releases the GIL while the server
+works) while this thread consumes and decodes batch N+1. Batches are still
+written one at a time, in order, and batch N's offsets are committed only
+after its database commit; batch N+1 is handed to the writer only after that.
+A crash anywhere replays at most the uncommitted batches, and replaying is a
+no-op for the sink.
+
+Kafka is read through librdkafka (confluent-kafka): it fetches, checks and
+unpacks records in C on its own threads, where kafka-python spends about
+20 µs of Python per record.
 
 While PostgreSQL is down the worker pauses every assigned partition (it keeps
 polling, so it stays in its group), retries with capped exponential backoff,
@@ -21,16 +33,15 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer import metrics
 from consumer.cluster import ClusterProbe
 from consumer.sink import Batch, IsolatingSink, PostgresSink, Position, SinkUnavailable, WriteResult
 from tillflow.config import Settings
-from tillflow.errors import ConfigError, SinkError
+from tillflow.errors import ConfigError
 from tillflow.messages import MessageError, RejectMessage, TransactionMessage, decode
 from tillflow.record import Origin, Reason
 
@@ -38,6 +49,11 @@ log = logging.getLogger("tillflow.consumer")
 
 _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
+_CONSUME_WAIT = 0.1  # seconds one consume() call waits; a batch closes after a wait that brought nothing
+_KAFKA_TIMEOUT = 10.0  # seconds for a metadata or offsets request
+# A commit refused because the group moved on: the new owner replays, harmlessly.
+_REBALANCED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+               KafkaError._ASSIGNMENT_LOST, KafkaError._NO_OFFSET}
 
 
 class Worker:
@@ -49,122 +65,171 @@ class Worker:
         self.settings = settings
         self.sink = sink or IsolatingSink(settings.database_url, settings.tax_rate)
         self.stopping = threading.Event()
-        self._consumer: KafkaConsumer | None = None
+        self._consumer: Consumer | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tillflow-writer")
+        self._paused = False  # PostgreSQL is down: every assigned partition stays paused
+        self._kafka_error: int | None = None  # the last cluster error logged, so it is logged once
         self.totals = WriteResult()
         self._lag_labels: set[tuple[str, str]] = set()
 
     # -- Kafka ---------------------------------------------------------------------
-    def _connect(self) -> KafkaConsumer:
+    def _connect(self) -> Consumer:
         s = self.settings
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=list(s.kafka_bootstrap_servers),
-                group_id=s.consumer_group,
-                client_id="tillflow-writer",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                isolation_level="read_committed",
-                max_poll_records=s.consumer_batch_size,
-                fetch_max_bytes=64 * 1024 * 1024,
-                max_partition_fetch_bytes=8 * 1024 * 1024,
-                fetch_max_wait_ms=200,
-                # A database outage must not cost us the group: we keep polling
-                # (paused) while it lasts, so this only bounds one batch's write.
-                max_poll_interval_ms=300_000,
-                session_timeout_ms=30_000,
-                heartbeat_interval_ms=3_000,
-            )
-        except KafkaError as exc:
-            raise SinkError(f"cannot reach Kafka at {','.join(s.kafka_bootstrap_servers)}: {exc}") from exc
-        consumer.subscribe([s.topic_transactions, s.topic_rejects])
+        consumer = Consumer({
+            "bootstrap.servers": ",".join(s.kafka_bootstrap_servers),
+            "group.id": s.consumer_group,
+            "client.id": "tillflow-writer",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            # A database outage must not cost us the group: we keep polling
+            # (paused) while it lasts, so this only bounds one batch's write.
+            "max.poll.interval.ms": 300_000,
+            "session.timeout.ms": 30_000,
+            "heartbeat.interval.ms": 3_000,
+            "fetch.wait.max.ms": 200,
+            "max.partition.fetch.bytes": 4 * 1024 * 1024,
+            # What librdkafka prefetches is bounded, so memory is whatever the backlog.
+            "queued.max.messages.kbytes": 32 * 1024,
+            "error_cb": self._on_kafka_error,
+            "logger": log,
+        })
+        consumer.subscribe([s.topic_transactions, s.topic_rejects], on_assign=self._on_assign)
         return consumer
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        """librdkafka reports cluster trouble here (it reconnects by itself); logged once per kind."""
+        if error.fatal():
+            log.error("Kafka: fatal error: %s", error.str())
+            self.stop()
+            return
+        if error.code() != self._kafka_error:
+            self._kafka_error = error.code()
+            log.warning("Kafka: %s (retrying)", error.str())
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.assign(partitions)
+        if self._paused and partitions:
+            consumer.pause(partitions)  # handed over during an outage: wait with the rest
 
     # -- the loop ------------------------------------------------------------------
     def run(self, until_idle: float | None = None) -> WriteResult:
         """Consume until stopped (or, with ``until_idle``, until nothing new came for that long)."""
         consumer = self._consumer = self._connect()
         last_activity = time.monotonic()
+        pending: tuple[Future, Batch, dict] | None = None  # the batch the writer thread holds
         try:
             while not self.stopping.is_set():
                 batch, offsets = self._collect(consumer)
-                if offsets:
-                    if not self._write_with_retry(consumer, batch):
+                if pending is not None:
+                    if not self._settle(consumer, *pending):
+                        pending = None
                         break
-                    self._commit(consumer, offsets)
+                    pending = None
+                if offsets:
+                    pending = (self._writer.submit(self._timed_write, batch), batch, offsets)
                     last_activity = time.monotonic()
                 elif until_idle is not None and time.monotonic() - last_activity >= until_idle:
                     if self._caught_up(consumer, idle_for=time.monotonic() - last_activity, until_idle=until_idle):
                         log.info("idle for %.1fs with everything committed: exiting", until_idle)
                         break
                 self._report_lag(consumer)
+            if pending is not None:
+                self._settle(consumer, *pending)
         finally:
             try:
-                consumer.close(autocommit=False)
+                consumer.close()
             finally:
+                self._writer.shutdown(wait=True)
                 self.sink.close()
         return self.totals
 
-    def _collect(self, consumer: KafkaConsumer) -> tuple[Batch, dict[TopicPartition, OffsetAndMetadata]]:
-        """Poll until the batch is full or its time is up; decode as we go."""
+    def _collect(self, consumer: Consumer) -> tuple[Batch, dict[tuple[str, int], int]]:
+        """Consume until the batch is full or its time is up; decode as we go."""
         s = self.settings
         batch = Batch()
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        offsets: dict[tuple[str, int], int] = {}  # (topic, partition): next offset to commit
+        topic_tx = s.topic_transactions
         deadline = time.monotonic() + s.consumer_batch_timeout_ms / 1000
         while len(batch) < s.consumer_batch_size and not self.stopping.is_set():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            polled = consumer.poll(timeout_ms=remaining_ms, max_records=s.consumer_batch_size - len(batch))
-            if not polled:
+            messages = consumer.consume(s.consumer_batch_size - len(batch), min(remaining, _CONSUME_WAIT))
+            if not messages:
                 if batch:
                     break
                 continue
-            for tp, records in polled.items():
-                for record in records:
-                    self._add(batch, record, tp)
-                offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
-                metrics.CONSUMED.labels(topic_kind=self._kind(tp.topic)).inc(len(records))
+            self._kafka_error = None
+            transactions = rejects = 0
+            for message in messages:
+                if message.error() is not None:
+                    self._on_message_error(message)
+                    continue
+                topic = message.topic()
+                partition = message.partition()
+                offset = message.offset()
+                self._add(batch, message.value(), message.key(), Position(topic, partition, offset))
+                offsets[topic, partition] = offset + 1
+                if topic == topic_tx:
+                    transactions += 1
+                else:
+                    rejects += 1
+            metrics.CONSUMED.labels(topic_kind="transactions").inc(transactions)
+            metrics.CONSUMED.labels(topic_kind="rejects").inc(rejects)
         return batch, offsets
+
+    def _on_message_error(self, message) -> None:
+        error = message.error()
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("Kafka: %s on %s[%s]", error.str(), message.topic(), message.partition())
 
     def _kind(self, topic: str) -> str:
         return "transactions" if topic == self.settings.topic_transactions else "rejects"
 
-    def _add(self, batch: Batch, record, tp: TopicPartition) -> None:
-        pos = Position(tp.topic, tp.partition, record.offset)
+    def _add(self, batch: Batch, value: bytes | None, key: bytes | None, pos: Position) -> None:
         try:
-            msg = decode(record.value)
+            msg = decode(value)
         except MessageError as exc:
             # Kept, never dropped: an unreadable message becomes a reject with its bytes.
-            text = record.value.decode("utf-8", "replace")[:1000] if record.value else ""
-            key = record.key.decode("utf-8", "replace") if record.key else None
-            where = f"{tp.topic}[{tp.partition}] offset {record.offset}"
+            text = value.decode("utf-8", "replace")[:1000] if value else ""
+            where = f"{pos.topic}[{pos.partition}] offset {pos.offset}"
             log.warning("undecodable message at %s: %s", where, exc)
             metrics.UNDECODABLE.inc()
             msg = RejectMessage(
-                id=key, raw={"message": text},
+                id=key.decode("utf-8", "replace") if key else None, raw={"message": text},
                 reasons=(Reason("row", "undecodable", f"message at {where} is not a Tillflow record: {exc}"),),
-                origin=Origin("kafka", tp.topic, None),
+                origin=Origin("kafka", pos.topic, None),
             )
-        if isinstance(msg, TransactionMessage):
+        if type(msg) is TransactionMessage:
             batch.transactions.append((msg, pos))
         else:
             batch.rejects.append((msg, pos))
 
-    def _write_with_retry(self, consumer: KafkaConsumer, batch: Batch) -> bool:
-        """Write the batch, waiting out a database outage; False if stopped before it was written."""
+    # -- writing -------------------------------------------------------------------
+    def _timed_write(self, batch: Batch) -> tuple[WriteResult, float]:
+        started = time.monotonic()
+        result = self.sink.write(batch)
+        return result, time.monotonic() - started
+
+    def _settle(self, consumer: Consumer, future: Future, batch: Batch, offsets: dict) -> bool:
+        """Wait for the writer's answer on ``batch`` (waiting out a database outage), then
+        commit its offsets; False if stopped before it was written."""
+        attempt = future.result  # the first attempt is the writer thread's
         backoff = _BACKOFF_START
-        paused = False
         while True:
-            started = time.monotonic()
             try:
-                result = self.sink.write(batch)
+                result, seconds = attempt()
+                break
             except SinkUnavailable as exc:
                 metrics.DB_ERRORS.inc()
-                if not paused:
+                if not self._paused:
                     log.error("PostgreSQL unavailable, pausing consumption and retrying: %s", exc)
-                    consumer.pause(*consumer.assignment())
+                    self._paused = True
+                    consumer.pause(consumer.assignment())
                     metrics.DB_UP.set(0)
-                    paused = True
                 if self.stopping.is_set():
                     # Stopping mid-outage: the batch's offsets stay uncommitted, so
                     # whoever consumes next replays it. Nothing is lost.
@@ -172,13 +237,13 @@ class Worker:
                     return False
                 self._sleep_polling(consumer, backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
-                continue
-            break
-        if paused:
+                attempt = lambda: self._timed_write(batch)  # noqa: E731 - the retries run here
+        if self._paused:
             log.info("PostgreSQL is back: resuming consumption")
-            consumer.resume(*consumer.paused())
+            self._paused = False
+            consumer.resume(consumer.assignment())
         metrics.DB_UP.set(1)
-        metrics.WRITE_SECONDS.observe(time.monotonic() - started)
+        metrics.WRITE_SECONDS.observe(seconds)
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.INSERTED.inc(result.inserted)
         metrics.DUPLICATES.inc(result.duplicates)
@@ -188,59 +253,90 @@ class Worker:
             setattr(self.totals, field, getattr(self.totals, field) + getattr(result, field))
         if result.conflicts:
             log.warning("%d conflicting duplicate(s) recorded in ingest.conflicts", result.conflicts)
+        self._commit(consumer, offsets)
         return True
 
-    def _sleep_polling(self, consumer: KafkaConsumer, seconds: float) -> None:
-        """Wait while keeping group membership: poll on paused partitions returns nothing."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            consumer.poll(timeout_ms=min(500, max(1, int((deadline - time.monotonic()) * 1000))))
-            if self.stopping.is_set():
-                return
+    def _sleep_polling(self, consumer: Consumer, seconds: float) -> None:
+        """Wait while keeping group membership: consume() on paused partitions returns nothing.
 
-    def _commit(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        Should a record come anyway (a partition handed over between a rebalance
+        and our pause), the partition is rewound to it and paused: the record
+        is read again once PostgreSQL is back, never skipped.
+        """
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            messages = consumer.consume(1000, min(0.5, max(0.001, deadline - time.monotonic())))
+            first: dict[tuple[str, int], int] = {}
+            for message in messages:
+                if message.error() is None:
+                    first.setdefault((message.topic(), message.partition()), message.offset())
+            for (topic, partition), offset in first.items():
+                consumer.seek(TopicPartition(topic, partition, offset))
+            if first:
+                consumer.pause(consumer.assignment())
+
+    def _commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
         try:
-            consumer.commit(offsets)
-        except CommitFailedError as exc:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() not in _REBALANCED:
+                raise
             # The group rebalanced while we wrote: the new owner replays these
             # records and the sink makes that a no-op.
-            log.warning("offset commit refused after a rebalance (records will be replayed, harmlessly): %s", exc)
+            log.warning("offset commit refused after a rebalance (records will be replayed, harmlessly): %s",
+                        error.str())
             return
         metrics.LAST_COMMIT.set_to_current_time()
 
-    def _caught_up(self, consumer: KafkaConsumer, idle_for: float, until_idle: float) -> bool:
-        """True when the group has read and committed every partition to its end.
+    # -- progress ------------------------------------------------------------------
+    def _partitions(self, consumer: Consumer) -> list[TopicPartition]:
+        topics = consumer.list_topics(timeout=_KAFKA_TIMEOUT).topics
+        return [
+            TopicPartition(name, p)
+            for name in (self.settings.topic_transactions, self.settings.topic_rejects)
+            if name in topics and topics[name].error is None
+            for p in topics[name].partitions
+        ]
 
-        Partitions assigned to this member count by position; the others by the
-        group's committed offset, so a member that was not (yet) handed any
+    def _caught_up(self, consumer: Consumer, idle_for: float, until_idle: float) -> bool:
+        """True when the group has committed every partition to its end.
+
+        Called with nothing in flight, so the group's committed offsets are
+        exactly what is stored; a member that was not (yet) handed any
         partition, e.g. while the coordinator waits out a killed member's
         session, does not mistake that for being done.
         """
-        assignment = consumer.assignment()
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in (self.settings.topic_transactions, self.settings.topic_rejects)
-            for p in (consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return idle_for >= until_idle + 60
-        for tp, end in consumer.end_offsets(partitions).items():
-            done = consumer.position(tp) if tp in assignment else (consumer.committed(tp) or 0)
-            if done < end:
-                return False
+        try:
+            partitions = self._partitions(consumer)
+            if not partitions:
+                return idle_for >= until_idle + 60
+            for tp in consumer.committed(partitions, timeout=_KAFKA_TIMEOUT):
+                low, high = consumer.get_watermark_offsets(tp, timeout=_KAFKA_TIMEOUT, cached=False)
+                if max(tp.offset, low) < high:
+                    return False
+        except KafkaException as exc:
+            log.info("cannot tell whether everything is committed yet: %s", exc.args[0].str())
+            return False
         return True
 
-    def _report_lag(self, consumer: KafkaConsumer) -> None:
+    def _report_lag(self, consumer: Consumer) -> None:
         assigned = set()
-        for tp in consumer.assignment():
+        try:
+            positions = consumer.position(consumer.assignment())
+        except KafkaException:
+            return
+        for tp in positions:
             labels = (self._kind(tp.topic), str(tp.partition))
             assigned.add(labels)
-            high = consumer.highwater(tp)
-            if high is not None:
-                try:
-                    metrics.LAG.labels(*labels).set(max(0, high - consumer.position(tp)))
-                except KafkaError:
-                    pass
+            if tp.offset < 0:  # nothing read yet on this partition
+                continue
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                metrics.LAG.labels(*labels).set(max(0, high - tp.offset))
         # A partition handed to another replica is its to report: a stale value
         # here would add phantom lag to the sum the alerts read.
         for labels in self._lag_labels - assigned:
@@ -277,4 +373,3 @@ def cli_consume(settings: Settings, until_idle: float | None = None, *, install_
     log.info("stopped: %d inserted, %d duplicates, %d conflicts, %d rejects stored",
              totals.inserted, totals.duplicates, totals.conflicts, totals.rejects)
     return 0
-
