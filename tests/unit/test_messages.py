@@ -272,3 +272,31 @@ def test_property_any_reject_round_trips(raw, reasons, origin):
         return  # Rejected.raw from validate() never holds lone surrogates
     message = decode(encode_reject(rejected))
     assert message.raw == raw and message.reasons == rejected.reasons and message.origin == origin
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["id", "transaction_date", "category", "name", "quantity", "amount_excl_tax",
+                        "amount_inc_tax", "store_id", "origin", "schema_version", "kind"]), _json_values)
+def test_property_fast_parser_gives_the_reference_verdict(field, value):
+    """decode() parses with orjson; the verdict must be the standard parser's (Decimal numbers)."""
+    from tillflow import messages
+
+    doc = json.loads(encode_transaction(tx()))
+    doc[field] = value
+    raw = json.dumps(doc).encode()
+    try:
+        reference = messages._decode_document(messages._parse(raw))
+    except MessageError as exc:
+        with pytest.raises(MessageError) as caught:
+            decode(raw)
+        assert str(caught.value) == str(exc)
+    else:
+        assert decode(raw) == reference
