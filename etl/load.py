@@ -25,7 +25,7 @@ from etl.sources.csv import date_from_filename, read_csv
 from etl.uploads import UploadLedger, file_digest
 from tillflow.config import Settings
 from tillflow.errors import InputError, TillflowError
-from tillflow.messages import encode_reject, encode_transaction, key_for
+from tillflow.messages import encode_reject, key_for, transaction_record
 from tillflow.record import Rejected, Transaction
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,8 @@ class Loader:
         accepted = rejected = 0
         for item in chunk:
             if isinstance(item, Transaction):
-                key = str(item.id)
-                send(topic_tx, key.encode(), encode_transaction(item, item.origin))
+                key, value = transaction_record(item)
+                send(topic_tx, key, value)
                 accepted += 1
             else:
                 send(topic_rej, key_for(item.id), encode_reject(item))

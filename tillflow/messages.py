@@ -80,14 +80,24 @@ def _amount_json(value: Decimal, field: str) -> str:
 
 def encode_transaction(tx: Transaction, origin: Origin | None = None) -> bytes:
     """The message value for a valid transaction; ``origin`` defaults to ``tx.origin``."""
+    return _encode(tx, str(tx.id), origin)
+
+
+def transaction_record(tx: Transaction, origin: Origin | None = None) -> tuple[bytes, bytes]:
+    """The Kafka key and value for a valid transaction (its id formatted once, for both)."""
+    id_text = str(tx.id)
+    return id_text.encode("ascii"), _encode(tx, id_text, origin)
+
+
+def _encode(tx: Transaction, id_text: str, origin: Origin | None) -> bytes:
     if origin is None:
         origin = tx.origin
         if origin is None:
-            raise ValueError(f"transaction {tx.id} has no origin: pass one")
+            raise ValueError(f"transaction {id_text} has no origin: pass one")
     # Built by hand: about 3x faster than json.dumps on the producer's hot path.
     # Only name, store_id and origin can hold characters that need escaping.
     return (
-        f'{{"schema_version":1,"kind":"transaction","id":"{tx.id}",'
+        f'{{"schema_version":1,"kind":"transaction","id":"{id_text}",'
         f'"transaction_date":"{tx.transaction_date.isoformat()}","category":"{tx.category}",'
         f'"name":{_json_str(tx.name)},"quantity":{int(tx.quantity)},'
         f'"amount_excl_tax":"{_amount_json(tx.amount_excl_tax, "amount_excl_tax")}",'
