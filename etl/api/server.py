@@ -48,10 +48,10 @@ def cli_serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; 0 on a clean stop."""
     logging.getLogger("tillflow").setLevel(settings.log_level)
     if settings.log_level != "DEBUG":
-        # While a broker is down kafka-python logs every reconnection attempt as an
-        # error, several a second; the API logs one line when Kafka fails and one
-        # when it is back.
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        # While a broker is down librdkafka logs every reconnection attempt as an
+        # error; the API logs one line when Kafka fails and one when it is back
+        # (and a fatal producer error, through its error callback, always).
+        logging.getLogger("tillflow.api.kafka").setLevel(logging.CRITICAL)
     server = _Server(config(settings))
     server.run()
     return 0 if server.started else 1
