@@ -8,7 +8,9 @@ unknown id costs the same comparison against a dummy digest.
 
 Token rows are cached for ``API_AUTH_CACHE_SECONDS`` (unknown ids too, so that
 random tokens cannot make every request query PostgreSQL), in a bounded LRU:
-a revocation takes effect within that time. If a row is not cached and
+a revocation takes effect within that time. When an entry expires, the
+requests that need it meanwhile share one query (no stampede on PostgreSQL
+every ``API_AUTH_CACHE_SECONDS`` under load). If a row is not cached and
 PostgreSQL does not answer, the caller gets 503, not 401. ``last_used_at`` is
 written at most once a minute per token, in the background.
 """
@@ -19,6 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 
 from etl.api import metrics, tokens
 from etl.api.database import Database
@@ -55,6 +58,7 @@ class Authenticator:
         self._ttl = cache_seconds
         self._cache: OrderedDict[str, _Row] = OrderedDict()
         self._background: set[asyncio.Task] = set()
+        self._fetching: dict[str, asyncio.Task] = {}  # token id -> its lookup in progress
 
     async def authenticate(self, header: str | None) -> Principal:
         scheme, _, token = (header or "").partition(" ")
@@ -73,11 +77,18 @@ class Authenticator:
         return Principal(token_id, row.store_id)
 
     async def _row(self, token_id: str) -> _Row:
-        now = time.monotonic()
         row = self._cache.get(token_id)
-        if row is not None and now - row.fetched < self._ttl:
+        if row is not None and time.monotonic() - row.fetched < self._ttl:
             self._cache.move_to_end(token_id)
             return row
+        fetching = self._fetching.get(token_id)
+        if fetching is None:
+            fetching = asyncio.get_running_loop().create_task(self._fetch(token_id, row))
+            self._fetching[token_id] = fetching
+            fetching.add_done_callback(partial(_fetched, self._fetching, token_id))
+        return await asyncio.shield(fetching)  # a caller that goes away does not cancel the others' lookup
+
+    async def _fetch(self, token_id: str, row: _Row | None) -> _Row:
         try:
             found = await self._db.query(
                 "SELECT secret_sha256, store_id, revoked_at IS NOT NULL FROM api.tokens WHERE id = %s", (token_id,))
@@ -85,6 +96,7 @@ class Authenticator:
             log.warning("cannot check token %s: %s", token_id, exc)
             raise Unavailable("the token cannot be checked right now (database unavailable): try again",
                               code="database_unavailable") from exc
+        now = time.monotonic()
         if found:
             digest, store_id, revoked = found[0]
             fresh = _Row(bytes(digest), store_id, revoked, now, row.touched if row else 0.0)
@@ -112,5 +124,12 @@ class Authenticator:
             log.debug("could not record the use of token %s: %s", token_id, exc)
 
     async def close(self) -> None:
-        for task in list(self._background):
+        for task in (*self._background, *self._fetching.values()):
             task.cancel()
+
+
+def _fetched(fetching: dict[str, asyncio.Task], token_id: str, task: asyncio.Task) -> None:
+    if fetching.get(token_id) is task:
+        del fetching[token_id]
+    if not task.cancelled():
+        task.exception()  # retrieved: every caller waiting for it got it already

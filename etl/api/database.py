@@ -2,10 +2,14 @@
 
 The API needs the database only to look tokens up (then cached, see ``auth``),
 to record uploads and to read them back: it keeps publishing to Kafka for
-known tokens while PostgreSQL is down. Connections come from a small pool,
-opened on first use (the API starts even when the database does not answer)
-and dropped when they fail, so the next query reconnects. Every failure is a
-``SinkError`` whose message holds no password.
+known tokens while PostgreSQL is down. Connections are opened on first use
+(the API starts even when the database does not answer) and kept open between
+queries, at most one per worker thread: opening one costs a SCRAM handshake,
+milliseconds of CPU on both sides, far more than the query. A connection that
+fails is dropped; a query that fails on a connection kept from before (the
+server restarted meanwhile) is tried once more on a fresh one, which is safe
+for the API's queries (a read, or setting ``last_used_at``). Every failure is
+a ``SinkError`` whose message holds no password.
 """
 from __future__ import annotations
 
@@ -15,57 +19,75 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import psycopg2
-import psycopg2.pool
 
 from tillflow.errors import SinkError
 
 _MAX_CONNECTIONS = 4
+_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 class Database:
     def __init__(self, url: str, *, max_connections: int = _MAX_CONNECTIONS) -> None:
         self._url = url
-        self._max = max_connections
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._idle: list = []  # open connections between queries; at most one per worker thread
         self._lock = threading.Lock()
+        self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="tillflow-db")
 
-    def _get(self):
-        with self._lock:
-            if self._pool is None:
-                try:
-                    self._pool = psycopg2.pool.ThreadedConnectionPool(
-                        0, self._max, self._url, connect_timeout=5, application_name="tillflow-api")
-                except psycopg2.Error as exc:
-                    raise SinkError(f"PostgreSQL is unreachable: {_first(exc)}") from exc
-            pool = self._pool
+    def _connect(self):
         try:
-            conn = pool.getconn()
-        except psycopg2.pool.PoolError as exc:
-            raise SinkError(f"no PostgreSQL connection is free: {exc}") from exc
+            conn = psycopg2.connect(self._url, connect_timeout=5, application_name="tillflow-api")
         except psycopg2.Error as exc:
             raise SinkError(f"PostgreSQL is unreachable: {_first(exc)}") from exc
         conn.autocommit = True
-        return pool, conn
+        return conn
+
+    def _get(self) -> tuple[object, bool]:
+        """A connection, and whether it was kept from an earlier query."""
+        with self._lock:
+            if self._closed:
+                raise SinkError("the API is shutting down")
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _put(self, conn, broken: bool) -> None:
+        if not broken and not conn.closed:
+            with self._lock:
+                if not self._closed:
+                    self._idle.append(conn)
+                    return
+        try:
+            conn.close()
+        except psycopg2.Error:
+            pass
 
     def run(self, query: str, params: tuple = ()) -> list[tuple]:
         """Run one statement (autocommit); its rows, or [] when it returns none."""
-        pool, conn = self._get()
+        conn, kept = self._get()
+        try:
+            return self._once(conn, query, params)
+        except _LOST as exc:
+            if not kept:
+                raise SinkError(f"PostgreSQL is unreachable: {_first(exc)}") from exc
+        try:  # the kept connection was dead (PostgreSQL restarted): once more on a fresh one
+            return self._once(self._connect(), query, params)
+        except _LOST as exc:
+            raise SinkError(f"PostgreSQL is unreachable: {_first(exc)}") from exc
+
+    def _once(self, conn, query: str, params: tuple) -> list[tuple]:
         broken = False
         try:
             with conn.cursor() as cur:
                 cur.execute(query, params)
                 return cur.fetchall() if cur.description else []
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        except _LOST:
             broken = True
-            raise SinkError(f"PostgreSQL is unreachable: {_first(exc)}") from exc
+            raise
         except psycopg2.Error as exc:
             raise SinkError(f"PostgreSQL refused a query: {_first(exc)}") from exc
         finally:
-            try:
-                pool.putconn(conn, close=broken or bool(conn.closed))
-            except psycopg2.pool.PoolError:
-                pass
+            self._put(conn, broken)
 
     async def query(self, query: str, params: tuple = ()) -> list[tuple]:
         """``run`` on a worker thread, so that the event loop never waits for PostgreSQL."""
@@ -73,9 +95,13 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            if self._pool is not None:
-                self._pool.closeall()
-                self._pool = None
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
