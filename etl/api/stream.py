@@ -224,8 +224,9 @@ def _id_of(item: object) -> str | None:
     return value.strip()[:100] if isinstance(value, str) else None
 
 
-def router(settings: Settings) -> APIRouter:
-    api = APIRouter()
+def router(settings: Settings, api: APIRouter | None = None) -> APIRouter:
+    """The routes, added to ``api`` (the app's own router) or to a new router."""
+    api = APIRouter() if api is None else api
 
     @api.websocket("/v1/stream")
     async def stream(websocket: WebSocket) -> None:

@@ -108,8 +108,9 @@ _UPLOAD_COLUMNS = ("id::text, file_name, sha256, size_bytes, source, store_id, r
                    " rows_rejected, status, created_at, finished_at")
 
 
-def router(settings: Settings) -> APIRouter:
-    api = APIRouter()
+def router(settings: Settings, api: APIRouter | None = None) -> APIRouter:
+    """The routes, added to ``api`` (the app's own router) or to a new router."""
+    api = APIRouter() if api is None else api
 
     @api.post(
         "/v1/uploads", response_model=UploadSummary, status_code=201, tags=["uploads"],
