@@ -72,6 +72,17 @@ MIN_INSYNC_REPLICAS = 2  # DESIGN.md: min.insync.replicas=2 on both topics
 _INLINE_SENDS = 64  # larger batches are handed to Kafka from a worker thread
 
 
+def api_producer_config(bootstrap_servers: Sequence[str], *, client_id: str, delivery_timeout_ms: int) -> dict:
+    """The API producer's settings: every Tillflow producer's (``producer_config``) with the API's
+    linger, and Nagle's algorithm off: a lone record must leave at once, not wait for the
+    acknowledgement of the previous TCP segment (kafka-python and the Java client set
+    TCP_NODELAY; librdkafka does not by default)."""
+    config = producer_config(bootstrap_servers, client_id=client_id, delivery_timeout_ms=delivery_timeout_ms,
+                             linger_ms=LINGER_MS)
+    config["socket.nagle.disable"] = True
+    return config
+
+
 class KafkaUnavailable(PublishError):
     """Kafka did not acknowledge, or is known to be unable to: answer 503, the sender retries."""
 
@@ -225,8 +236,8 @@ class AsyncPublisher:
     def __init__(self, settings: Settings, *, client_id: str = "tillflow-api") -> None:
         self._settings = settings
         self._timeout_ms = int(settings.api_publish_timeout * 1000)
-        self._config = producer_config(settings.kafka_bootstrap_servers, client_id=client_id,
-                                       delivery_timeout_ms=self._timeout_ms, linger_ms=LINGER_MS)
+        self._config = api_producer_config(settings.kafka_bootstrap_servers, client_id=client_id,
+                                           delivery_timeout_ms=self._timeout_ms)
         self._client: _Client | None = None
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tillflow-kafka")
         self._create_lock = asyncio.Lock()
@@ -379,7 +390,8 @@ class AsyncPublisher:
                 elif not future.cancelled():
                     future.exception()  # retrieved: the others' failures are this one's
             self._failed(exc)
-            raise KafkaUnavailable(str(exc) or "Kafka did not acknowledge in time") from exc
+            kind = QueueFull if isinstance(exc, QueueFull) else KafkaUnavailable
+            raise kind(str(exc) or "Kafka did not acknowledge in time") from exc
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
         self._succeeded()
 
