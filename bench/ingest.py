@@ -8,7 +8,8 @@ as a CSV file and as COPY text, and measures in one run, in rows per second:
 ``copy_ceiling``
     one ``COPY ... FROM STDIN`` of the same rows, same columns as the consumer
     writes, into ``bench.copy_target`` (``LIKE sales.transactions INCLUDING
-    ALL``: same constraints and indexes), one transaction: the physical limit.
+    ALL``: same constraints and indexes), one transaction: the physical limit;
+    the fastest of three runs, so background load cannot lower the bar.
 ``consumer``
     the consumer alone draining a topic pre-filled by ``tillflow load`` into
     an empty ``sales.transactions``; timed from ``Worker.run()`` (group join
@@ -60,6 +61,7 @@ from devstack import datagen
 from devstack.kafka import KAFKA_VERSION, KafkaCluster
 from devstack.postgres import NativePostgres
 from devstack.proc import free_port
+from tillflow.config import Settings
 
 from bench._proc import proc_cpu_seconds
 
@@ -68,6 +70,7 @@ RESULTS = REPO / "bench" / "results" / "ingest.json"
 DAY = datetime.date(2026, 1, 5)
 SEED = 20260105
 PARTITIONS = 6
+CEILING_RUNS = 3
 ROLES = ("owner", "writer", "reader", "backup")
 CASES = ("copy_ceiling", "consumer", "end_to_end", "all_duplicates", "pandas_to_sql")
 TARGETS = {  # name: (what, threshold)
@@ -109,6 +112,7 @@ class Stack:
         self.kafka = KafkaCluster(self.root / "kafka", [free_port() for _ in range(3)],
                                   [free_port() for _ in range(3)], attached=True)
         self.kafka.start()
+        self.warm_up_kafka()
         with self.admin("postgres") as cur:
             cur.execute(f"CREATE DATABASE {self.dbname}")
         apply_migrations(self.postgres.url(dbname=self.dbname), role_passwords=self.passwords)
@@ -116,6 +120,39 @@ class Stack:
             cur.execute("CREATE SCHEMA bench")
             for table in ("copy_target", "copy_batched", "pandas_target"):
                 cur.execute(f"CREATE TABLE bench.{table} (LIKE sales.transactions INCLUDING ALL)")
+
+    def warm_up_kafka(self) -> None:
+        """Have one consumer group join and commit, and one idempotent producer get its id.
+
+        A fresh cluster creates ``__consumer_offsets`` (50 partitions) and loads
+        its coordinators on first use, seconds that a cluster pays once in its
+        life: without this they would be charged to whichever case runs first.
+        """
+        from confluent_kafka import Consumer, Producer, TopicPartition
+
+        from etl.producer import producer_config
+
+        self.create_topics("bench.warmup")
+        producer = Producer(producer_config([self.kafka.bootstrap_servers], client_id="bench-warmup",
+                                            delivery_timeout_ms=60_000, linger_ms=0))
+        producer.produce("bench.warmup", b"warm", b"up")
+        if producer.flush(60):
+            raise RuntimeError("Kafka did not acknowledge the warm-up record")
+        consumer = Consumer({"bootstrap.servers": self.kafka.bootstrap_servers, "group.id": "bench-warmup",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        try:
+            consumer.subscribe(["bench.warmup"])
+            deadline = time.monotonic() + 60
+            while True:
+                message = consumer.poll(0.5)
+                if message is not None and message.error() is None:
+                    consumer.commit(offsets=[TopicPartition(message.topic(), message.partition(),
+                                                            message.offset() + 1)], asynchronous=False)
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the warm-up consumer group got no record within 60 s")
+        finally:
+            consumer.close()
 
     def url(self, role: str = "postgres") -> str:
         if role == "postgres":
@@ -145,6 +182,10 @@ class Stack:
         from etl.topics import create_topics
 
         create_topics(self.kafka.bootstrap_servers.split(","), list(names), partitions=PARTITIONS)
+
+    def kafka_cpu_seconds(self) -> float:
+        """CPU seconds the three brokers have used so far."""
+        return sum(proc_cpu_seconds(node.pid()) or 0.0 for node in self.kafka.nodes if node.pid() is not None)
 
     def stop(self) -> None:
         if self.kafka is not None:
@@ -336,15 +377,25 @@ def case_copy_ceiling(stack: Stack, copy_path: Path, n: int, batch_rows: int) ->
     conn = psycopg2.connect(stack.url("postgres"), application_name="bench-copy")
     backend = conn.get_backend_pid()
     try:
-        stack.checkpoint()
-        with open(copy_path, "rb") as handle:
-            cpu = proc_cpu_seconds(backend)
-            started = time.monotonic()
-            with conn, conn.cursor() as cur:
-                cur.copy_expert(f"COPY bench.copy_target ({columns}) FROM STDIN", handle, size=1 << 20)
-            seconds = time.monotonic() - started
-            cpu = _sub(proc_cpu_seconds(backend), cpu)
-        single = {"rows_per_second": n / seconds, "seconds": seconds, "db_backend_cpu_us_per_row": _per_row(cpu, n)}
+        # The best of CEILING_RUNS: the limit is what PostgreSQL can do, so a run
+        # slowed by other work on the machine must not lower the bar.
+        runs = []
+        for run in range(CEILING_RUNS):
+            if run:
+                with stack.admin() as cur:
+                    cur.execute("TRUNCATE bench.copy_target")
+            stack.checkpoint()
+            with open(copy_path, "rb") as handle:
+                cpu = proc_cpu_seconds(backend)
+                started = time.monotonic()
+                with conn, conn.cursor() as cur:
+                    cur.copy_expert(f"COPY bench.copy_target ({columns}) FROM STDIN", handle, size=1 << 20)
+                seconds = time.monotonic() - started
+                cpu = _sub(proc_cpu_seconds(backend), cpu)
+            runs.append({"rows_per_second": n / seconds, "seconds": seconds,
+                         "db_backend_cpu_us_per_row": _per_row(cpu, n)})
+        single = dict(max(runs, key=lambda r: r["rows_per_second"]))
+        single["runs_rows_per_second"] = [round(r["rows_per_second"]) for r in runs]
 
         # The consumer's shape: one COPY and one commit per batch (chunks prepared beforehand).
         with open(copy_path, "rb") as handle:
@@ -458,6 +509,14 @@ def case_pandas(stack: Stack, runner: Runner, csv_path: Path, n: int) -> dict:
             "peak_rss_mb": child.rss_mb, "cpu_us_per_row": child.cpu_us_per_row(n)}
 
 
+def _kafka_cpu(stack: Stack, n: int, case, *args) -> dict:
+    """Run a case that goes through Kafka; add the brokers' CPU per row to its result."""
+    before = stack.kafka_cpu_seconds()
+    result = case(*args)
+    result["kafka_cpu_us_per_row"] = _per_row(stack.kafka_cpu_seconds() - before, n)
+    return result
+
+
 def _per_row(seconds: float | None, n: int) -> float | None:
     return None if seconds is None else round(seconds / n * 1e6, 1)
 
@@ -472,6 +531,7 @@ def _check_stored(stack: Stack, n: int) -> None:
 
 
 def machine_info(stack: Stack) -> dict:
+    import confluent_kafka
     import kafka
     import pandas
 
@@ -509,6 +569,8 @@ def machine_info(stack: Stack) -> dict:
         "postgresql_synchronous_commit": stack.scalar("SHOW synchronous_commit"),
         "kafka": KAFKA_VERSION,
         "kafka_brokers": len(stack.kafka.nodes),
+        "confluent_kafka": confluent_kafka.version()[0],
+        "librdkafka": confluent_kafka.libversion()[0],
         "kafka_python": kafka.__version__,
         "kafka_python_crc32c": "C (crc32c package)" if record_util.crc32c_c is not None else "pure Python",
         "psycopg2": psycopg2.__version__.split()[0],
@@ -578,7 +640,7 @@ def _cpu_view(cases: dict) -> dict:
         "consumer_db": db,
         "all_duplicates": cases.get("all_duplicates", {}).get("cpu_us_per_row"),
         "all_duplicates_db": cases.get("all_duplicates", {}).get("db_backend_cpu_us_per_row"),
-        "consumer_ratio_cpu_estimate": ceiling / (py + db) if ceiling and py and db else None,
+        "consumer_ratio_cpu_estimate": ceiling / max(py, db) if ceiling and py and db else None,
     }
 
 
@@ -613,8 +675,8 @@ def render(report: dict) -> str:
              f"Kafka {report['machine']['kafka']} x{report['machine']['kafka_brokers']}",
              "",
              f"{'case':<22}{'rows/s':>10}{'x ceiling':>11}{'seconds':>9}{'peak RSS MB':>13}"
-             f"{'py CPU us/row':>15}{'db CPU us/row':>15}  note",
-             "-" * 130]
+             f"{'py CPU us/row':>15}{'db CPU us/row':>15}{'kafka CPU us/row':>18}  note",
+             "-" * 148]
     for name in order:
         if name not in cases:
             continue
@@ -626,13 +688,15 @@ def render(report: dict) -> str:
             rss = f"{c.get('loader_peak_rss_mb')}/{c.get('consumer_peak_rss_mb')}"
             cpu = f"{c.get('loader_cpu_us_per_row')}/{c.get('consumer_cpu_us_per_row')}"
         db_cpu = c.get("db_backend_cpu_us_per_row")
+        kafka_cpu = c.get("kafka_cpu_us_per_row")
         lines.append(
             f"{name:<22}{c['rows_per_second']:>10,.0f}{(f'{ratio:.3f}' if ratio else '-'):>11}"
             f"{c['seconds']:>9.1f}{(str(rss) if rss is not None else '-'):>13}"
-            f"{(str(cpu) if cpu is not None else '-'):>15}{(str(db_cpu) if db_cpu is not None else '-'):>15}  {notes[name]}"
+            f"{(str(cpu) if cpu is not None else '-'):>15}{(str(db_cpu) if db_cpu is not None else '-'):>15}"
+            f"{(str(kafka_cpu) if kafka_cpu is not None else '-'):>18}  {notes[name]}"
         )
     lines += ["", "peak RSS and py CPU: the loader/consumer process (end_to_end: loader/consumer); db CPU: the "
-              "PostgreSQL backend that wrote the rows.", "", "targets:"]
+              "PostgreSQL backend that wrote the rows; kafka CPU: the three brokers together.", "", "targets:"]
     for name, t in report["targets"].items():
         value = t["value"]
         if value is None:
@@ -661,7 +725,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(CASES)} (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results file (default {RESULTS.relative_to(REPO)})")
     parser.add_argument("--batch-rows", type=int, default=None,
-                        help="rows per COPY in copy_ceiling_batched (default: CONSUMER_BATCH_SIZE or 5000)")
+                        help="rows per COPY in copy_ceiling_batched (default: CONSUMER_BATCH_SIZE or 10000)")
     parser.add_argument("--child-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the loader and consumer processes (experiments); repeatable")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="cProfile the loader and consumer children into DIR")
@@ -698,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         args.profile = args.profile.resolve()
-    batch_rows = args.batch_rows or int(args.child_env.get("CONSUMER_BATCH_SIZE", 5000))
+    batch_rows = args.batch_rows or int(args.child_env.get("CONSUMER_BATCH_SIZE", Settings.consumer_batch_size))
     stack = Stack(root)
     runner = None
     cases: dict[str, dict] = {}
@@ -721,17 +785,17 @@ def main(argv: list[str] | None = None) -> int:
             dup_topic = None
             if "consumer" in selected or ("all_duplicates" in selected and "end_to_end" not in selected):
                 log("loader_only (filling the consumer's topic)")
-                cases["loader_only"] = case_loader_only(stack, runner, csv_path, n)
+                cases["loader_only"] = _kafka_cpu(stack, n, case_loader_only, stack, runner, csv_path, n)
                 log("consumer")
-                cases["consumer"] = case_consumer(stack, runner, n)
+                cases["consumer"] = _kafka_cpu(stack, n, case_consumer, stack, runner, n)
                 dup_topic = "fill"
             if "end_to_end" in selected:
                 log("end_to_end")
-                cases["end_to_end"] = case_end_to_end(stack, runner, csv_path, n)
+                cases["end_to_end"] = _kafka_cpu(stack, n, case_end_to_end, stack, runner, csv_path, n)
                 dup_topic = "e2e"
             if "all_duplicates" in selected:
                 log("all_duplicates")
-                cases["all_duplicates"] = case_all_duplicates(stack, runner, dup_topic, n)
+                cases["all_duplicates"] = _kafka_cpu(stack, n, case_all_duplicates, stack, runner, dup_topic, n)
             if "pandas_to_sql" in selected:
                 log("pandas_to_sql")
                 cases["pandas_to_sql"] = case_pandas(stack, runner, csv_path, n)
@@ -741,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
 
         settings = {
             "partitions": PARTITIONS,
-            "consumer_batch_size": int(args.child_env.get("CONSUMER_BATCH_SIZE", 5000)),
+            "consumer_batch_size": int(args.child_env.get("CONSUMER_BATCH_SIZE", Settings.consumer_batch_size)),
             "copy_batched_rows": batch_rows,
             "child_env": args.child_env,
             "profiled": bool(args.profile),

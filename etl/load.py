@@ -27,6 +27,7 @@ from tillflow.config import Settings
 from tillflow.errors import InputError, TillflowError
 from tillflow.messages import encode_reject, key_for, transaction_record
 from tillflow.record import Rejected, Transaction
+from tillflow.runtime import bulk_mode
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ def _open(settings: Settings) -> tuple[Publisher, UploadLedger | None]:
     return publisher, ledger
 
 
+@bulk_mode()
 def cli_load(settings: Settings, files: list[str], *, date: datetime.date | None, store: str | None,
              out: TextIO | None = None) -> int:
     """``tillflow load``: every file is loaded or refused on its own; exit 1 if any was refused."""
@@ -206,6 +208,7 @@ def cli_load(settings: Settings, files: list[str], *, date: datetime.date | None
     return 1 if failed else 0
 
 
+@bulk_mode()
 def cli_migrate_sqlite(settings: Settings, db: str, *, store: str | None, out: TextIO | None = None) -> int:
     """``tillflow migrate-sqlite``: the legacy database through the same validation and path."""
     out = out or sys.stdout

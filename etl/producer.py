@@ -44,6 +44,7 @@ def producer_config(bootstrap_servers: Sequence[str], *, client_id: str, deliver
         "batch.size": 1024 * 1024,
         "queue.buffering.max.kbytes": 64 * 1024,  # bounds the loader's memory whatever the file size
         "partitioner": "murmur2_random",
+        "compression.type": "lz4",
         "logger": log,
     }
 
@@ -52,16 +53,17 @@ class Publisher:
     """One Kafka producer for the process; thread-safe."""
 
     def __init__(self, bootstrap_servers: Sequence[str], *, client_id: str = "tillflow-etl",
-                 delivery_timeout_ms: int = 120_000, linger_ms: int = 10) -> None:
+                 delivery_timeout_ms: int = 120_000, linger_ms: int = 500) -> None:
+        config = producer_config(bootstrap_servers, client_id=client_id, delivery_timeout_ms=delivery_timeout_ms,
+                                 linger_ms=linger_ms)
+        # Only failures are reported one by one: what flush() leaves unfailed was acknowledged.
+        config["delivery.report.only.error"] = True
         try:
-            self._producer = Producer(producer_config(bootstrap_servers, client_id=client_id,
-                                                      delivery_timeout_ms=delivery_timeout_ms,
-                                                      linger_ms=linger_ms))
+            self._producer = Producer(config)
         except (KafkaException, ValueError) as exc:
             raise PublishError(f"cannot configure a Kafka producer for {','.join(bootstrap_servers)}: {exc}") from exc
         self._lock = threading.Lock()
         self._sent = 0
-        self._acked = 0
         self._failed = 0
         self._first_error: KafkaError | None = None
 
@@ -80,10 +82,9 @@ class Publisher:
             self._sent += 1
 
     def _delivered(self, err: KafkaError | None, _msg) -> None:
+        if err is None:
+            return
         with self._lock:
-            if err is None:
-                self._acked += 1
-                return
             self._failed += 1
             if self._first_error is None:
                 self._first_error = err
@@ -92,14 +93,14 @@ class Publisher:
         """Wait for every queued record; return how many were acknowledged since the last flush."""
         left = self._producer.flush(-1 if timeout is None else timeout)
         with self._lock:
-            sent, acked, failed, error = self._sent, self._acked, self._failed, self._first_error
-            self._sent = self._acked = self._failed = 0
+            sent, failed, error = self._sent, self._failed, self._first_error
+            self._sent = self._failed = 0
             self._first_error = None
         if left:
             raise PublishError(f"Kafka did not acknowledge {left} of {sent} records in time")
         if failed:
             raise PublishError(f"Kafka did not acknowledge {failed} of {sent} records: {error.str()}")
-        return acked
+        return sent
 
     def close(self, timeout: float = 10) -> None:
         """Wait up to ``timeout`` for what is queued, then drop what is left (counted as not acknowledged)."""

@@ -170,7 +170,7 @@ class Settings:
     topic_transactions: str = "tillflow.transactions"
     topic_rejects: str = "tillflow.rejects"
     consumer_group: str = "tillflow-writer"
-    consumer_batch_size: int = 5000
+    consumer_batch_size: int = 10_000
     consumer_batch_timeout_ms: int = 500
     tax_rate: Decimal = DEFAULT_TAX_RATE
     store_id: str = "main"
@@ -251,7 +251,7 @@ class Settings:
             topic_transactions=env.get("KAFKA_TOPIC_TRANSACTIONS", "").strip() or "tillflow.transactions",
             topic_rejects=env.get("KAFKA_TOPIC_REJECTS", "").strip() or "tillflow.rejects",
             consumer_group=env.get("KAFKA_CONSUMER_GROUP", "").strip() or "tillflow-writer",
-            consumer_batch_size=_int(env, "CONSUMER_BATCH_SIZE", 5000, minimum=1),
+            consumer_batch_size=_int(env, "CONSUMER_BATCH_SIZE", 10_000, minimum=1),
             consumer_batch_timeout_ms=_int(env, "CONSUMER_BATCH_TIMEOUT_MS", 500, minimum=1),
             tax_rate=_tax_rate(env),
             store_id=store,
