@@ -76,7 +76,9 @@ class Loader:
         self.progress = progress
 
     def load_csv(self, path: Path, *, date: datetime.date | None = None, store: str | None = None,
-                 source: str = "csv", display_name: str | None = None) -> LoadSummary:
+                 source: str = "csv", display_name: str | None = None,
+                 digest: tuple[str, int] | None = None) -> LoadSummary:
+        """Publish one CSV file; ``digest`` is its (sha256, size) when the caller already read it."""
         path = Path(path)
         name = display_name or path.name
         if date is None:
@@ -92,7 +94,7 @@ class Loader:
         # Pull the first chunk before recording anything: a wrong header or an
         # unreadable file fails here, with nothing published.
         first, chunks = _peek(chunks)
-        return self._publish(name, path, source, store, first, chunks)
+        return self._publish(name, path, source, store, first, chunks, digest)
 
     def load_sqlite(self, path: Path, *, store: str | None = None) -> LoadSummary:
         from etl.sources.sqlite import read_sqlite
@@ -103,10 +105,11 @@ class Loader:
         first, chunks = _peek(chunks)
         return self._publish(path.name, path, "sqlite", store, first, chunks)
 
-    def _publish(self, name: str, path: Path, source: str, store: str, first, chunks) -> LoadSummary:
+    def _publish(self, name: str, path: Path, source: str, store: str, first, chunks,
+                 digest: tuple[str, int] | None = None) -> LoadSummary:
         started = time.monotonic()
         summary = LoadSummary(name)
-        summary.sha256, size = file_digest(path)
+        summary.sha256, size = digest or file_digest(path)
         upload_id = None
         if self.ledger is not None:
             upload_id = self.ledger.start(file_name=name, sha256=summary.sha256, size=size, source=source,

@@ -133,13 +133,13 @@ class Watcher:
         """Load one taken file; False if it must be retried later (infrastructure down)."""
         name = path.name
         try:
-            digest, _ = file_digest(path)
-            if self.ledger is not None and self.ledger.published(digest):
+            digest = file_digest(path)  # the file is complete and no longer changes: read once
+            if self.ledger is not None and self.ledger.published(digest[0]):
                 log.info("%s: same content already published, archiving without loading", name)
                 self._archive(path)
                 metrics.WATCH_FILES.labels(outcome="already_loaded").inc()
                 return True
-            summary: LoadSummary = self.loader.load_csv(path, source="csv")
+            summary: LoadSummary = self.loader.load_csv(path, source="csv", digest=digest)
         except InputError as exc:
             log.error("%s: cannot be loaded, moved to %s: %s", name, self.failed, exc)
             self._fail(path, str(exc))

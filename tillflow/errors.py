@@ -36,3 +36,19 @@ class SinkError(TillflowError):
 
 class MigrationError(TillflowError):
     """A schema migration failed."""
+
+
+def first_line(exc: BaseException, *, detail: bool = False) -> str:
+    """What went wrong, in one line, for a message that wraps ``exc``.
+
+    A PostgreSQL error gives its primary message and SQLSTATE (and, with
+    ``detail``, the server's detail); anything else the first line of its text,
+    or its type when it has none. Never a traceback, never several lines.
+    """
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if primary:
+        extra = f" ({diag.message_detail})" if detail and diag.message_detail else ""
+        return f"{primary}{extra} [SQLSTATE {exc.pgcode}]"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
