@@ -28,6 +28,7 @@ from psycopg2 import sql
 from backup.errors import BackupError
 from backup.manifest import Content, DatabaseProperties
 from backup.tools import Server
+from tillflow.errors import first_line
 
 TABLE = "sales.transactions"
 ALGORITHM = "md5-sum64/v1"
@@ -63,20 +64,11 @@ _PROPERTIES = """
 """
 
 
-def pg_message(exc: psycopg2.Error) -> str:
-    """The server's one-line message for an error, with its SQLSTATE."""
-    diag = getattr(exc, "diag", None)
-    if diag is not None and diag.message_primary:
-        return f"{diag.message_primary} [SQLSTATE {exc.pgcode}]"
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def connect(server: Server, dbname: str | None = None, *, error=BackupError):
     try:
         return server.connect(dbname)
     except psycopg2.Error as exc:
-        raise error(f"cannot connect to PostgreSQL at {server.where(dbname)}: {pg_message(exc)}") from exc
+        raise error(f"cannot connect to PostgreSQL at {server.where(dbname)}: {first_line(exc)}") from exc
 
 
 def content(cur) -> Content:
@@ -96,7 +88,7 @@ def content_of(server: Server, dbname: str, *, error=BackupError) -> Content:
         with conn.cursor() as cur:
             return content(cur)
     except psycopg2.Error as exc:
-        raise error(f"checksumming {TABLE} in {server.where(dbname)} failed: {pg_message(exc)}") from exc
+        raise error(f"checksumming {TABLE} in {server.where(dbname)} failed: {first_line(exc)}") from exc
     finally:
         conn.close()
 
@@ -125,7 +117,7 @@ class Snapshot:
             with self.connection.cursor() as cur:
                 return content(cur)
         except psycopg2.Error as exc:
-            raise BackupError(f"checksumming {TABLE} failed: {pg_message(exc)}") from exc
+            raise BackupError(f"checksumming {TABLE} failed: {first_line(exc)}") from exc
 
     def cancel(self) -> None:
         """Stop a running ``content()`` (from another thread)."""
@@ -156,7 +148,7 @@ def snapshot(server: Server) -> Iterator[Snapshot]:
             facts = Snapshot(snap_id, version, version_num, user, properties(cur), conn)
     except psycopg2.Error as exc:
         conn.close()
-        raise BackupError(f"reading {server.where()} failed: {pg_message(exc)}") from exc
+        raise BackupError(f"reading {server.where()} failed: {first_line(exc)}") from exc
     try:
         yield facts
     finally:

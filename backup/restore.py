@@ -45,6 +45,7 @@ from backup.manifest import DatabaseProperties
 from backup.store import NAME, Backup, reading
 from backup.tools import Server
 from backup.verify import compare, quick
+from tillflow.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def restore(ctx: Context, backup: Backup, *, target: str | None = None, replace:
     try:
         return _restore(ctx, backup, target, replace)
     except psycopg2.Error as exc:
-        raise RestoreError(f"restoring {backup.name} failed: {database.pg_message(exc)}") from exc
+        raise RestoreError(f"restoring {backup.name} failed: {first_line(exc)}") from exc
     except OSError as exc:
         raise RestoreError(f"restoring {backup.name} failed: {exc.strerror or exc}") from exc
 
@@ -205,7 +206,7 @@ def _restore_database(ctx: Context, server: Server, admin, backup: Backup, targe
         try:
             database.create_database(cur, target, manifest.database)
         except psycopg2.Error as exc:
-            raise RestoreError(f"creating database {target} failed: {database.pg_message(exc)}") from exc
+            raise RestoreError(f"creating database {target} failed: {first_line(exc)}") from exc
     with reading(backup.dump_path):
         ctx.tools.run(
             "pg_restore",
@@ -254,7 +255,7 @@ def _apply_properties(cur, name: str, props: DatabaseProperties) -> None:
                           else sql.SQL("DATABASE {}").format(db))
                 cur.execute(sql.SQL("ALTER {} SET {} TO {}").format(target, sql.Identifier(setting), sql.Literal(value)))
     except psycopg2.Error as exc:
-        raise RestoreError(f"restoring the privileges of database {name} failed: {database.pg_message(exc)}") from exc
+        raise RestoreError(f"restoring the privileges of database {name} failed: {first_line(exc)}") from exc
 
 
 # -- --replace ---------------------------------------------------------------------------
@@ -306,7 +307,7 @@ def _resume_writers(admin, live: str, stopped: _Stopped) -> None:
         log.info("the restore failed: %s is unchanged and open to its writers again", live)
     except psycopg2.Error as exc:
         log.error("could not give the writers of %s their CONNECT back: %s; GRANT it by hand",
-                  live, database.pg_message(exc))
+                  live, first_line(exc))
 
 
 def _swap(admin, live: str, restored: str, previous: str) -> None:
@@ -331,11 +332,11 @@ def _swap(admin, live: str, restored: str, previous: str) -> None:
         except psycopg2.errors.ObjectInUse as exc:
             admin.rollback()
             if attempt == 5:
-                raise RestoreError(f"could not swap in the restored database: {database.pg_message(exc)}") from exc
+                raise RestoreError(f"could not swap in the restored database: {first_line(exc)}") from exc
             time.sleep(0.5 * attempt)
         except psycopg2.Error as exc:
             admin.rollback()
-            raise RestoreError(f"could not swap in the restored database: {database.pg_message(exc)}") from exc
+            raise RestoreError(f"could not swap in the restored database: {first_line(exc)}") from exc
         finally:
             admin.autocommit = True
 
@@ -346,4 +347,4 @@ def _reopen(admin, previous: str) -> None:
         with admin.cursor() as cur:
             cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(previous)))
     except psycopg2.Error as exc:
-        log.error("could not reopen %s for inspection: %s", previous, database.pg_message(exc))
+        log.error("could not reopen %s for inspection: %s", previous, first_line(exc))

@@ -36,6 +36,7 @@ from backup.errors import BackupError, VerifyError
 from backup.manifest import FileInfo, Manifest, Verification, iso
 from backup.store import Backup, Store, reading, sha256_of
 from backup.tools import Server, Tools
+from tillflow.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def full_check(backup: Backup, tools: Tools, server: Server, *, jobs: int) -> st
                 f"one: run `tillflow migrate` (migration 0007 gives tillflow_backup CREATEDB)"
             ) from exc
         except psycopg2.Error as exc:
-            raise BackupError(f"creating scratch database {scratch} failed: {database.pg_message(exc)}") from exc
+            raise BackupError(f"creating scratch database {scratch} failed: {first_line(exc)}") from exc
         try:
             with reading(backup.dump_path):
                 tools.run(
@@ -123,7 +124,7 @@ def full_check(backup: Backup, tools: Tools, server: Server, *, jobs: int) -> st
             with admin.cursor() as cur:
                 database.drop_database(cur, scratch)
         except psycopg2.Error as exc:
-            log.error("could not drop scratch database %s: %s", scratch, database.pg_message(exc))
+            log.error("could not drop scratch database %s: %s", scratch, first_line(exc))
         admin.close()
 
 

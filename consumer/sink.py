@@ -39,7 +39,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
-from tillflow.errors import SinkError
+from tillflow.errors import SinkError, first_line
 from tillflow.messages import RejectMessage, TransactionMessage
 from tillflow.record import Reason, Transaction
 
@@ -193,7 +193,7 @@ class PostgresSink:
             try:
                 self._conn = psycopg2.connect(self._url, connect_timeout=5, application_name="tillflow-consumer")
             except psycopg2.OperationalError as exc:
-                raise SinkUnavailable(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
+                raise SinkUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from exc
         return self._conn
 
     def close(self) -> None:
@@ -210,7 +210,7 @@ class PostgresSink:
             conn.rollback()
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.close()
-            raise SinkUnavailable(f"PostgreSQL is unavailable: {_first_line(exc)}") from exc
+            raise SinkUnavailable(f"PostgreSQL is unavailable: {first_line(exc)}") from exc
 
     # -- writing ---------------------------------------------------------------
     def write(self, batch: Batch) -> WriteResult:
@@ -241,13 +241,13 @@ class PostgresSink:
                 # Another consumer stored one of these ids after our lookup (a
                 # partition changing hands): look again and write what is left.
                 attempt += 1
-                log.info("batch raced another writer (attempt %d): %s", attempt, _first_line(exc))
+                log.info("batch raced another writer (attempt %d): %s", attempt, first_line(exc))
                 continue
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 self.close()
-                raise SinkUnavailable(f"PostgreSQL is unavailable: {_first_line(exc)}") from exc
+                raise SinkUnavailable(f"PostgreSQL is unavailable: {first_line(exc)}") from exc
             except psycopg2.Error as exc:
-                raise SinkError(f"PostgreSQL refused the batch: {_first_line(exc)}") from exc
+                raise SinkError(f"PostgreSQL refused the batch: {first_line(exc)}") from exc
         raise SinkError(f"batch kept racing another writer after {_MAX_ATTEMPTS_ON_RACE} attempts")
 
     def _write_transactions(self, cur, items: Sequence[tuple[TransactionMessage, Position]], result: WriteResult,
@@ -357,8 +357,3 @@ def _add(total: WriteResult, result: WriteResult) -> None:
     total.duplicates += result.duplicates
     total.conflicts += result.conflicts
     total.rejects += result.rejects
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg2
 
-from tillflow.errors import InputError, SinkError
+from tillflow.errors import InputError, SinkError, first_line
 
 _CHUNK = 1024 * 1024
 
@@ -45,7 +45,7 @@ class UploadLedger:
             try:
                 self._conn = psycopg2.connect(self._url, connect_timeout=10, application_name="tillflow-etl")
             except psycopg2.OperationalError as exc:
-                raise SinkError(f"cannot record the upload: PostgreSQL is unreachable ({_first(exc)})") from exc
+                raise SinkError(f"cannot record the upload: PostgreSQL is unreachable ({first_line(exc)})") from exc
             self._conn.autocommit = True
         return self._conn.cursor()
 
@@ -74,7 +74,7 @@ class UploadLedger:
                             (sha256,))
                 return cur.fetchone() is not None
             except psycopg2.Error as exc:
-                raise SinkError(f"cannot read ingest.uploads: {_first(exc)}") from exc
+                raise SinkError(f"cannot read ingest.uploads: {first_line(exc)}") from exc
 
     def _execute(self, query: str, params: tuple) -> None:
         try:
@@ -82,16 +82,11 @@ class UploadLedger:
                 cur.execute(query, params)
         except psycopg2.OperationalError as exc:
             self.close()
-            raise SinkError(f"cannot record the upload: {_first(exc)}") from exc
+            raise SinkError(f"cannot record the upload: {first_line(exc)}") from exc
         except psycopg2.Error as exc:
-            raise SinkError(f"cannot record the upload: {_first(exc)}") from exc
+            raise SinkError(f"cannot record the upload: {first_line(exc)}") from exc
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
         self._conn = None
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -48,7 +48,7 @@ from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import encrypt_password, parse_dsn
 
 from tillflow.config import Settings
-from tillflow.errors import ConfigError, MigrationError
+from tillflow.errors import ConfigError, MigrationError, first_line
 
 ROLE_NAMES: Mapping[str, str] = {
     "owner": "tillflow_owner",
@@ -189,7 +189,7 @@ def _connect(database_url: str) -> Connection:
     try:
         return psycopg2.connect(database_url, application_name="tillflow-migrate")
     except psycopg2.Error as exc:
-        raise MigrationError(f"cannot connect to PostgreSQL at {_where(database_url)}: {_first_line(exc)}") from exc
+        raise MigrationError(f"cannot connect to PostgreSQL at {_where(database_url)}: {first_line(exc, detail=True)}") from exc
 
 
 def _run(conn: Connection, what: str, step: Callable[..., T], *, source: str | None = None) -> T:
@@ -206,7 +206,7 @@ def _run(conn: Connection, what: str, step: Callable[..., T], *, source: str | N
             if _is_race(exc) and attempt < _RETRIES:
                 time.sleep(0.05 * attempt)
                 continue
-            raise MigrationError(f"{what} failed{_line(exc, source)}: {_first_line(exc)}") from exc
+            raise MigrationError(f"{what} failed{_line(exc, source)}: {first_line(exc, detail=True)}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -313,15 +313,6 @@ def _is_race(exc: psycopg2.Error) -> bool:
     # Serialization failure, deadlock, or two sessions updating one pg_authid row.
     return exc.pgcode in ("40001", "40P01") or "tuple concurrently updated" in str(exc)
 
-
-def _first_line(exc: psycopg2.Error) -> str:
-    diag = getattr(exc, "diag", None)
-    message = diag.message_primary if diag is not None else None
-    if message:
-        detail = f" ({diag.message_detail})" if diag.message_detail else ""
-        return f"{message}{detail} [SQLSTATE {exc.pgcode}]"
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _line(exc: psycopg2.Error, source: str | None) -> str:

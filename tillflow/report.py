@@ -48,7 +48,7 @@ from psycopg2 import sql
 from psycopg2.extensions import STATUS_READY
 
 from tillflow.config import Settings
-from tillflow.errors import ConfigError, SinkError
+from tillflow.errors import ConfigError, SinkError, first_line
 
 FORMATS = ("table", "csv", "json")
 _CENT = Decimal("0.01")
@@ -117,7 +117,7 @@ def build_report(conn, product: str | None) -> dict[str, Any]:
                 try:
                     cur.execute(query, params)
                 except psycopg2.Error as exc:
-                    raise SinkError(f"reading analytics.{view} failed: {_message(exc)}") from exc
+                    raise SinkError(f"reading analytics.{view} failed: {first_line(exc)}") from exc
                 names = [name for name, _ in columns]
                 report[view] = [dict(zip(names, row)) for row in cur.fetchall()]
     finally:
@@ -146,7 +146,7 @@ def cli_report(settings: Settings, product: str | None, fmt: str, *, out: TextIO
     try:
         conn = psycopg2.connect(settings.database_url, application_name="tillflow-report")
     except psycopg2.Error as exc:
-        raise SinkError(f"cannot connect to PostgreSQL for the report: {_message(exc)}") from exc
+        raise SinkError(f"cannot connect to PostgreSQL for the report: {first_line(exc)}") from exc
     try:
         text = render(build_report(conn, product), fmt)
     finally:
@@ -167,16 +167,9 @@ def _begin_snapshot(conn) -> bool:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         except psycopg2.Error as exc:
             conn.rollback()
-            raise SinkError(f"starting the report's read-only transaction failed: {_message(exc)}") from exc
+            raise SinkError(f"starting the report's read-only transaction failed: {first_line(exc)}") from exc
     return True
 
-
-def _message(exc: psycopg2.Error) -> str:
-    diag = getattr(exc, "diag", None)
-    if diag is not None and diag.message_primary:
-        return f"{diag.message_primary} [SQLSTATE {exc.pgcode}]"
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 # -- rendering -------------------------------------------------------------------

@@ -49,7 +49,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import TextIO
 
 from tillflow.config import Settings
-from tillflow.errors import ConfigError, TillflowError
+from tillflow.errors import ConfigError, TillflowError, first_line
 
 RETRY_SECONDS = 2.0
 HTTP_TIMEOUT = 5.0
@@ -122,13 +122,13 @@ def check_postgres(settings: Settings) -> str:
     try:
         conn = psycopg2.connect(settings.database_url, connect_timeout=5, application_name="tillflow-smoke")
     except psycopg2.Error as exc:
-        raise SmokeFailure(f"cannot connect ({_first_line(exc)})") from exc
+        raise SmokeFailure(f"cannot connect ({first_line(exc)})") from exc
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass('sales.transactions') IS NOT NULL, current_user")
             migrated, user = cur.fetchone()
     except psycopg2.Error as exc:
-        raise SmokeFailure(f"cannot query ({_first_line(exc)})") from exc
+        raise SmokeFailure(f"cannot query ({first_line(exc)})") from exc
     finally:
         conn.close()
     if not migrated:
@@ -199,9 +199,6 @@ def _age(seconds: float) -> str:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def readiness_checks(settings: Settings) -> list[tuple[str, Callable[[], str]]]:
@@ -281,7 +278,7 @@ class Canary:
             finally:
                 conn.close()
         except psycopg2.Error as exc:
-            raise SmokeFailure(f"cannot look for it in PostgreSQL ({_first_line(exc)})") from exc
+            raise SmokeFailure(f"cannot look for it in PostgreSQL ({first_line(exc)})") from exc
         if row is None:
             raise SmokeFailure(f"{self.record['id']} was accepted by the API but is not in sales.transactions "
                                "(is the consumer writing?)")
