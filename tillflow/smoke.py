@@ -22,8 +22,9 @@ long again.
 
 The canary is a real transaction, and financial rows are never deleted: a BUY
 of one "tillflow smoke canary" at 0.01, dated today (UTC), in store
-SMOKE_STORE_ID (``smoke``), one row per run; queries leave it out with
-``store_id <> 'smoke'``. It is sent with SMOKE_TOKEN (or SMOKE_TOKEN_FILE), or,
+SMOKE_STORE_ID (``smoke``), one row per run; the analytics views leave out
+the stores listed in ``sales.synthetic_stores`` (migration 0008 lists
+``smoke``), and the check fails if the canary's store is not listed there. It is sent with SMOKE_TOKEN (or SMOKE_TOKEN_FILE), or,
 without one, with a token created for the run through DATABASE_URL (as
 ``tillflow_owner``, which may also read the canary back) and revoked after it.
 
@@ -273,7 +274,11 @@ class Canary:
             conn = psycopg2.connect(self.settings.database_url, connect_timeout=5, application_name="tillflow-smoke")
             try:
                 with conn.cursor() as cur:
-                    cur.execute("SELECT store_id FROM sales.transactions WHERE id = %s", (self.record["id"],))
+                    cur.execute(
+                        "SELECT t.store_id, EXISTS (SELECT 1 FROM sales.synthetic_stores AS s"
+                        " WHERE s.store_id = t.store_id) FROM sales.transactions AS t WHERE t.id = %s",
+                        (self.record["id"],),
+                    )
                     row = cur.fetchone()
             finally:
                 conn.close()
@@ -282,6 +287,11 @@ class Canary:
         if row is None:
             raise SmokeFailure(f"{self.record['id']} was accepted by the API but is not in sales.transactions "
                                "(is the consumer writing?)")
+        if not row[1]:
+            raise SmokeFailure(
+                f"the canary is stored, but its store {row[0]!r} is not in sales.synthetic_stores, so the analytics"
+                f" views count it as business: INSERT INTO sales.synthetic_stores VALUES ({row[0]!r}, 'smoke')"
+                " as tillflow_owner, or set SMOKE_STORE_ID=smoke")
         return f"{self.record['id']} is in sales.transactions (store {row[0]})"
 
 

@@ -13,6 +13,7 @@ from collections import defaultdict
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
@@ -240,3 +241,29 @@ def test_report_reads_the_views_for_one_product_or_all(loaded):
         "amount_excl_tax": str(expected["category_totals"][0][2]), "amount_inc_tax": str(sell_total),
     }
     assert f"Total amount incl. tax of all SELL transactions: {sell_total}" in render(everything, "table")
+
+
+def test_smoke_canaries_are_left_out_of_the_business_answers(loaded):
+    """`tillflow smoke` stores a real 0.01 canary per deploy in store 'smoke': not business."""
+    db, rows = loaded
+    canaries = [dict(rows[i], id=str(uuid.uuid4()), store_id="smoke") for i in range(5)]
+    with connected(db, "writer") as conn:
+        copy_in(conn, canaries)
+    expected = expected_answers(rows)
+    with connected(db, "reader") as conn:
+        assert read_view(conn, "daily_transactions", "transaction_date") == expected["daily_transactions"]
+        assert read_view(conn, "category_totals", "CASE category WHEN 'SELL' THEN 0 ELSE 1 END") == \
+            expected["category_totals"]
+        assert read_view(conn, "product_daily_balance", 'name COLLATE "C", transaction_date') == \
+            expected["product_daily_balance"]
+        assert read_view(conn, "store_daily_transactions", 'store_id COLLATE "C", transaction_date') == \
+            expected["store_daily_transactions"]
+        (fresh,) = read_view(conn, "pipeline_freshness", "1")
+    assert fresh[2] == len(rows) + len(canaries), "the pipeline's own view still counts them"
+
+
+def test_only_the_owner_lists_synthetic_stores(migrated_db):
+    with connected(migrated_db, "writer") as conn, conn.cursor() as cur:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege) as refused:
+            cur.execute("INSERT INTO sales.synthetic_stores VALUES ('main', 'hide the shop')")
+        assert refused.value.pgcode == "42501"
