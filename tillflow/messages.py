@@ -230,7 +230,18 @@ def _origin(value: object) -> Origin:
         raise MessageError(f"origin.ref must be a string or null, got {_json_type(ref)}")
     if line is not None and type(line) is not int:
         raise MessageError(f"origin.line must be an integer or null, got {_json_type(line)}")
-    return Origin(source, ref, line)
+    # A file's rows share source and ref: one Origin per file, each row's at its line.
+    key = (source, ref)
+    base = _origins.get(key)
+    if base is None:
+        if len(_origins) >= _ORIGINS_KEPT:
+            _origins.clear()
+        base = _origins[key] = Origin(source, ref, None)
+    return base.with_line(line)
+
+
+_ORIGINS_KEPT = 1024
+_origins: dict[tuple[str, str | None], Origin] = {}
 
 
 def _json_type(value: object) -> str:
