@@ -11,6 +11,10 @@ child process and measures, in one run:
     (acks=all, idempotence, linger 2 ms, 256 KiB batches) sending the same
     encoded transactions: its throughput, and the latency from send to
     acknowledgement of one record at a time at each offered load.
+``ceiling_confluent``
+    the same with a plain confluent-kafka (librdkafka) producer loop with
+    exactly the API's settings (``etl.api.publish.api_producer_config``):
+    the client the API actually uses, so the API's own cost is what is left.
 ``http``
     ``POST /v1/transactions`` with one transaction per request, open loop at
     fixed offered loads (100, 500, 1000 tx/s for S seconds each): latency is
@@ -182,7 +186,9 @@ class Server:
                 self.proc.kill()
 
 
-# -- the ceiling: a plain kafka-python producer loop ------------------------------------------
+# -- the ceilings: plain producer loops -----------------------------------------------------------
+# Two: a kafka-python loop (the client the API used first, named by the issue) and a
+# confluent-kafka (librdkafka) loop with exactly the API's settings, the client it uses now.
 def _producer(bootstrap: str):
     from kafka import KafkaProducer
 
@@ -205,6 +211,7 @@ def _encoded(items: list[dict]) -> list[tuple[bytes, bytes]]:
 
 
 def ceiling(stack: Stack, n: int, seconds: float) -> dict:
+    """The plain kafka-python producer loop."""
     producer = _producer(stack.bootstrap)
     topic = stack.topics[0]
     records = _encoded(transactions(n))
@@ -238,6 +245,68 @@ def ceiling(stack: Stack, n: int, seconds: float) -> dict:
         producer.flush(60)
         result["latency"][str(load)] = _latency(latencies, count, time.perf_counter() - t0, errors=0)
     producer.close(10)
+    return result
+
+
+def ceiling_confluent(stack: Stack, n: int, seconds: float) -> dict:
+    """A plain confluent-kafka producer loop with the API's settings (etl.producer.producer_config, the
+    API's linger and delivery timeout): the same encoded transactions, acknowledgements served by poll()."""
+    from confluent_kafka import Producer
+
+    from etl.api.publish import api_producer_config
+
+    config = api_producer_config(stack.bootstrap.split(","), client_id="bench-api-ceiling", delivery_timeout_ms=10_000)
+    config.pop("logger", None)
+    producer = Producer(config)
+    topic = stack.topics[0]
+    records = _encoded(transactions(n))
+    producer.produce(topic, records[0][1], b"warm-up")
+    if producer.flush(30):
+        raise SystemExit("bench-api: Kafka did not acknowledge the confluent-kafka warm-up record")
+    acked, failed = [0], [0]
+
+    def counted(err, _msg) -> None:
+        if err is None:
+            acked[0] += 1
+        else:
+            failed[0] += 1
+
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=counted)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(300)
+    elapsed, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result = {"tx_per_s": round(acked[0] / elapsed), "cpu_us_per_tx": round(cpu / n * 1e6, 1),
+              "errors": failed[0], "latency": {}}
+    for load in LOADS:
+        latencies: list[float] = []
+        errors = [0]
+        count = int(load * seconds)
+        paced = _encoded(transactions(count))
+
+        def timed(err, _msg, due: float) -> None:
+            if err is None:
+                latencies.append(time.perf_counter() - due)
+            else:
+                errors[0] += 1
+
+        t0 = time.perf_counter()
+        for i, (key, value) in enumerate(paced):
+            due = t0 + i / load
+            while (delay := due - time.perf_counter()) > 0:
+                producer.poll(delay)  # serves acknowledgements while waiting for the next send
+            producer.produce(topic, value, key, on_delivery=lambda err, msg, due=due: timed(err, msg, due))
+            producer.poll(0)
+        producer.flush(60)
+        result["latency"][str(load)] = _latency(latencies, count, time.perf_counter() - t0, errors=errors[0])
+    producer.flush(10)
     return result
 
 
@@ -389,7 +458,9 @@ def measure(stack: Stack, seconds: float, ws_per_client: int) -> dict:
     try:
         server.wait_ready()
         log("ceiling: plain kafka-python producer loop")
-        report = {"ceiling": ceiling(stack, 20_000, seconds), "http": {}, "websocket": {}}
+        report = {"ceiling": ceiling(stack, 20_000, seconds)}
+        log("ceiling: plain confluent-kafka producer loop with the same settings")
+        report |= {"ceiling_confluent": ceiling_confluent(stack, 20_000, seconds), "http": {}, "websocket": {}}
         asyncio.run(http_open_loop(server.port, token, 100, 2))  # warm-up: producer, connections, caches
         for load in LOADS:
             log(f"HTTP: {load} tx/s for {seconds:g} s")
@@ -425,6 +496,12 @@ def summarise(report: dict, seconds: float) -> dict:
         "websocket_per_frame_100": round(report["websocket"]["per_frame_100"]["tx_per_s"]
                                          / report["ceiling"]["tx_per_s"], 3),
     }
+    confluent = report["ceiling_confluent"]["tx_per_s"]
+    report["vs_ceiling_confluent"] = {
+        "http_max": round(report["http"]["max"]["tx_per_s"] / confluent, 3),
+        "websocket_per_frame_1": round(ws / confluent, 3),
+        "websocket_per_frame_100": round(report["websocket"]["per_frame_100"]["tx_per_s"] / confluent, 3),
+    }
     report["machine"] = {"cores": os.cpu_count(), "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
                          "python": platform.python_version(), "platform": platform.platform()}
     report["settings"] = {"seconds_per_load": seconds, "loads_tx_per_s": list(LOADS)}
@@ -433,6 +510,7 @@ def summarise(report: dict, seconds: float) -> dict:
 
 def render(report: dict) -> str:
     c, h, w = report["ceiling"], report["http"], report["websocket"]
+    cc = report["ceiling_confluent"]
     lines = ["", "Tillflow API benchmark (tx = one transaction, acknowledged by Kafka)", "",
              f"{'case':44} {'tx/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'server CPU us/tx':>17}"]
     lines.append(f"{'ceiling: kafka-python producer loop':44} {c['tx_per_s']:>9} {'':>8} {'':>8} "
@@ -440,6 +518,12 @@ def render(report: dict) -> str:
     for load in LOADS:
         lat = c["latency"][str(load)]
         lines.append(f"{f'ceiling: one record at a time, {load}/s':44} {lat['achieved_per_s']:>9} "
+                     f"{lat['p50_ms']:>8} {lat['p99_ms']:>8} {'':>17}")
+    lines.append(f"{'ceiling: confluent-kafka producer loop':44} {cc['tx_per_s']:>9} {'':>8} {'':>8} "
+                 f"{cc['cpu_us_per_tx']:>17}")
+    for load in LOADS:
+        lat = cc["latency"][str(load)]
+        lines.append(f"{f'ceiling (confluent): one at a time, {load}/s':44} {lat['achieved_per_s']:>9} "
                      f"{lat['p50_ms']:>8} {lat['p99_ms']:>8} {'':>17}")
     for load in LOADS:
         r = h[str(load)]
