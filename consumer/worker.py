@@ -52,6 +52,7 @@ _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
 _CONSUME_WAIT = 0.1  # seconds one consume() call waits; a batch closes after a wait that brought nothing
 _KAFKA_TIMEOUT = 10.0  # seconds for a metadata or offsets request
+_LAG_QUERY_EVERY = 10.0  # seconds between offset queries for partitions not read from yet
 # The writer thread needs the GIL briefly per COPY chunk while this one decodes
 # flat out; at Python's default 5 ms switch interval it waits longer for the GIL
 # than PostgreSQL takes for the chunk before, and the backend idles.
@@ -76,6 +77,8 @@ class Worker:
         self._kafka_error: int | None = None  # the last cluster error logged, so it is logged once
         self.totals = WriteResult()
         self._lag_labels: set[tuple[str, str]] = set()
+        self._lag_queried = float("-inf")
+        self._unread_lag: dict[tuple[str, int], int] = {}
 
     # -- Kafka ---------------------------------------------------------------------
     def _connect(self) -> Consumer:
@@ -338,17 +341,26 @@ class Worker:
             positions = consumer.position(consumer.assignment())
         except KafkaException:
             return
+        # A partition not read from since it was assigned has no position yet:
+        # its lag counts from the group's committed offset (or the log's start),
+        # asked of the brokers at most every _LAG_QUERY_EVERY seconds.
+        unread = [tp for tp in positions if tp.offset < 0]
+        if unread and time.monotonic() - self._lag_queried >= _LAG_QUERY_EVERY:
+            self._lag_queried = time.monotonic()
+            self._unread_lag = self._lag_from_committed(consumer, unread)
         for tp in positions:
             labels = (self._kind(tp.topic), str(tp.partition))
             assigned.add(labels)
-            if tp.offset < 0:  # nothing read yet on this partition
-                continue
-            try:
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                metrics.LAG.labels(*labels).set(max(0, high - tp.offset))
+            if tp.offset < 0:
+                lag = self._unread_lag.get((tp.topic, tp.partition))
+            else:
+                try:
+                    _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                except KafkaException:
+                    continue
+                lag = high - tp.offset if high >= 0 else None
+            if lag is not None:
+                metrics.LAG.labels(*labels).set(max(0, lag))
         # A partition handed to another replica is its to report: a stale value
         # here would add phantom lag to the sum the alerts read.
         for labels in self._lag_labels - assigned:
@@ -357,6 +369,17 @@ class Worker:
             except KeyError:  # another worker of this process removed it (tests run several)
                 pass
         self._lag_labels = assigned
+
+    @staticmethod
+    def _lag_from_committed(consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        lags = {}
+        try:
+            for tp in consumer.committed(partitions, timeout=_KAFKA_TIMEOUT):
+                low, high = consumer.get_watermark_offsets(tp, timeout=_KAFKA_TIMEOUT, cached=False)
+                lags[tp.topic, tp.partition] = high - max(tp.offset, low)
+        except KafkaException as exc:
+            log.debug("cannot read committed offsets for the lag: %s", exc)
+        return lags
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
