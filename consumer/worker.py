@@ -100,9 +100,12 @@ class Worker:
             # or 200 ms passed, instead of once per produce request.
             "fetch.min.bytes": 256 * 1024,
             "fetch.wait.max.ms": 200,
-            "max.partition.fetch.bytes": 4 * 1024 * 1024,
-            # What librdkafka prefetches is bounded, so memory is whatever the backlog.
-            "queued.max.messages.kbytes": 32 * 1024,
+            "max.partition.fetch.bytes": 1024 * 1024,
+            # What librdkafka prefetches is bounded, so memory stays flat whatever
+            # the backlog. The bound counts fetched bytes, which are lz4-compressed
+            # (~5x): 8 MiB holds ~100,000 records, ten batches ahead.
+            "queued.max.messages.kbytes": 8 * 1024,
+            "queued.min.messages": 20_000,
             "error_cb": self._on_kafka_error,
             "logger": log,
         })
