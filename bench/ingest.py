@@ -624,23 +624,28 @@ def _cpu_view(cases: dict) -> dict:
     """CPU microseconds per row, and the consumer's ratio to the ceiling in CPU terms.
 
     On a machine shared with other work, wall-clock rates swing with the load;
-    CPU time per row barely does. The consumer's loop is sequential (poll and
-    decode, then write and wait), so a row costs it about its own CPU plus its
-    backend's; the ceiling costs the backend's alone. Their quotient is what the
-    wall-clock ratio would be on an otherwise idle machine (an estimate: it leaves
-    out the brokers' share and fsync waits).
+    CPU time per row barely does. The consumer decodes batch N+1 while its
+    backend writes batch N, so on an otherwise idle machine a row costs it at
+    least the larger of its own CPU and its backend's, and at least half of
+    everything the row costs (consumer, backend and brokers share 2 cores);
+    the ceiling costs the backend's alone. The quotient is an upper estimate of
+    what the wall-clock ratio would be on an idle machine, not a measurement.
     """
     ceiling = cases.get("copy_ceiling", {}).get("db_backend_cpu_us_per_row")
     consumer = cases.get("consumer", {})
     py, db = consumer.get("cpu_us_per_row"), consumer.get("db_backend_cpu_us_per_row")
+    kafka = consumer.get("kafka_cpu_us_per_row") or 0.0
+    cores = os.cpu_count() or 1
+    bound = max(py, db, (py + db + kafka) / cores) if py and db else None
     return {
         "copy_ceiling_db": ceiling,
         "loader": cases.get("loader_only", {}).get("cpu_us_per_row"),
         "consumer": py,
         "consumer_db": db,
+        "consumer_kafka": consumer.get("kafka_cpu_us_per_row"),
         "all_duplicates": cases.get("all_duplicates", {}).get("cpu_us_per_row"),
         "all_duplicates_db": cases.get("all_duplicates", {}).get("db_backend_cpu_us_per_row"),
-        "consumer_ratio_cpu_estimate": ceiling / max(py, db) if ceiling and py and db else None,
+        "consumer_ratio_cpu_estimate": ceiling / bound if ceiling and bound else None,
     }
 
 
@@ -710,7 +715,7 @@ def render(report: dict) -> str:
         lines.append(f"  {t['what']:<42} {shown:>8}  (target {sign} {t['target']})  {verdict}")
     estimate = report.get("cpu_per_row", {}).get("consumer_ratio_cpu_estimate")
     if estimate is not None:
-        lines += ["", f"consumer / copy_ceiling in CPU time per row (what an idle machine would show, roughly): "
+        lines += ["", f"consumer / copy_ceiling from CPU time per row (an upper estimate for an idle machine): "
                       f"{estimate:.3f}"]
     return "\n".join(lines)
 
