@@ -8,7 +8,7 @@ child process and measures, in one run:
 
 ``ceiling``
     a plain kafka-python producer loop with the API's producer settings
-    (acks=all, idempotence, linger 2 ms, 256 KiB batches) sending the same
+    (acks=all, idempotence, the API's linger, 256 KiB batches) sending the same
     encoded transactions: its throughput, and the latency from send to
     acknowledgement of one record at a time at each offered load.
 ``ceiling_confluent``

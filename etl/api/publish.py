@@ -63,7 +63,15 @@ log = logging.getLogger("tillflow.api")
 kafka_log = logging.getLogger("tillflow.api.kafka")
 
 Record = tuple[str, bytes | None, bytes]
-LINGER_MS = 2  # lets concurrent requests share a produce request, costs at most 2 ms
+# Records wait up to 20 ms to share a produce request. librdkafka sends one request per
+# partition and an idempotent producer caps what is in flight per partition: with lone
+# records (one HTTP request, one till message) at a few hundred a second, a 2 ms linger
+# meant one request per record, and on a 2-core box the brokers' CPU and librdkafka's own
+# grew until acknowledgements slowed and everything queued. bench.api, one run each on
+# the same machine: HTTP at 500 tx/s p50 785 -> 24 ms, WebSocket 3,800 -> 9,300 tx/s; a
+# plain producer loop at 500/s spent ~500 -> ~50 us of librdkafka CPU per record. The
+# price: p50 8 -> 26 ms at 100 tx/s, when nothing else waits.
+LINGER_MS = 20
 POLL_SECONDS = 0.05  # the poll thread's wait; it wakes at once when an acknowledgement arrives
 PROBE_CACHE_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 3.0
