@@ -8,6 +8,7 @@ says when Kafka can take writes, and writes are answered 503 until it can.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -97,6 +98,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.publisher = AsyncPublisher(settings)
         app.state.uploader = upload.Uploader(settings)
         await app.state.publisher.start()
+        # What exists now (routes, schemas, the OpenAPI models, the clients) lives as long as
+        # the process: frozen, a full garbage collection no longer walks it. Walking it took
+        # ~0.2 s on a busy 2-core machine, with the event loop stopped meanwhile.
+        gc.collect()
+        gc.freeze()
         log.info("serving on http://%s:%d (store tokens in api.tokens, topics %s and %s)",
                  settings.api_host, settings.api_port, settings.topic_transactions, settings.topic_rejects)
         try:
