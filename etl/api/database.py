@@ -20,7 +20,7 @@ from functools import partial
 
 import psycopg2
 
-from tillflow.errors import SinkError
+from tillflow.errors import SinkError, first_line
 
 _MAX_CONNECTIONS = 4
 _LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -38,7 +38,7 @@ class Database:
         try:
             conn = psycopg2.connect(self._url, connect_timeout=5, application_name="tillflow-api")
         except psycopg2.Error as exc:
-            raise SinkError(f"PostgreSQL is unreachable: {_first(exc)}") from exc
+            raise SinkError(f"PostgreSQL is unreachable: {first_line(exc)}") from exc
         conn.autocommit = True
         return conn
 
@@ -69,11 +69,11 @@ class Database:
             return self._once(conn, query, params)
         except _LOST as exc:
             if not kept:
-                raise SinkError(f"PostgreSQL is unreachable: {_first(exc)}") from exc
+                raise SinkError(f"PostgreSQL is unreachable: {first_line(exc)}") from exc
         try:  # the kept connection was dead (PostgreSQL restarted): once more on a fresh one
             return self._once(self._connect(), query, params)
         except _LOST as exc:
-            raise SinkError(f"PostgreSQL is unreachable: {_first(exc)}") from exc
+            raise SinkError(f"PostgreSQL is unreachable: {first_line(exc)}") from exc
 
     def _once(self, conn, query: str, params: tuple) -> list[tuple]:
         broken = False
@@ -85,7 +85,7 @@ class Database:
             broken = True
             raise
         except psycopg2.Error as exc:
-            raise SinkError(f"PostgreSQL refused a query: {_first(exc)}") from exc
+            raise SinkError(f"PostgreSQL refused a query: {first_line(exc)}") from exc
         finally:
             self._put(conn, broken)
 
@@ -103,8 +103,3 @@ class Database:
             except psycopg2.Error:
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -24,7 +24,7 @@ from typing import TextIO
 
 import psycopg2
 
-from tillflow.errors import InputError, SinkError
+from tillflow.errors import InputError, SinkError, first_line
 from tillflow.record import check_store_id
 
 PREFIX = "tillflow_"
@@ -71,7 +71,7 @@ def _connect(url: str):
     try:
         conn = psycopg2.connect(url, connect_timeout=10, application_name="tillflow-token")
     except psycopg2.OperationalError as exc:
-        raise SinkError(f"cannot reach PostgreSQL: {_first(exc)}") from exc
+        raise SinkError(f"cannot reach PostgreSQL: {first_line(exc)}") from exc
     conn.autocommit = True
     return conn
 
@@ -88,7 +88,7 @@ def _run(url: str, query: str, params: tuple = ()) -> list[tuple]:
     except psycopg2.errors.UndefinedTable as exc:
         raise SinkError("api.tokens does not exist: run `tillflow migrate` first") from exc
     except psycopg2.Error as exc:
-        raise SinkError(f"cannot manage API tokens: {_first(exc)}") from exc
+        raise SinkError(f"cannot manage API tokens: {first_line(exc)}") from exc
     finally:
         conn.close()
 
@@ -155,8 +155,3 @@ def cli_revoke(url: str, token_id: str, out: TextIO | None = None) -> int:
     revoked = revoke(url, token_id)
     print(f"token {token_id} {'revoked' if revoked else 'was already revoked'}", file=out or sys.stdout)
     return 0
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
