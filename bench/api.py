@@ -513,18 +513,13 @@ def render(report: dict) -> str:
     cc = report["ceiling_confluent"]
     lines = ["", "Tillflow API benchmark (tx = one transaction, acknowledged by Kafka)", "",
              f"{'case':44} {'tx/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'server CPU us/tx':>17}"]
-    lines.append(f"{'ceiling: kafka-python producer loop':44} {c['tx_per_s']:>9} {'':>8} {'':>8} "
-                 f"{c['cpu_us_per_tx']:>17}")
-    for load in LOADS:
-        lat = c["latency"][str(load)]
-        lines.append(f"{f'ceiling: one record at a time, {load}/s':44} {lat['achieved_per_s']:>9} "
-                     f"{lat['p50_ms']:>8} {lat['p99_ms']:>8} {'':>17}")
-    lines.append(f"{'ceiling: confluent-kafka producer loop':44} {cc['tx_per_s']:>9} {'':>8} {'':>8} "
-                 f"{cc['cpu_us_per_tx']:>17}")
-    for load in LOADS:
-        lat = cc["latency"][str(load)]
-        lines.append(f"{f'ceiling (confluent): one at a time, {load}/s':44} {lat['achieved_per_s']:>9} "
-                     f"{lat['p50_ms']:>8} {lat['p99_ms']:>8} {'':>17}")
+    for ceiling, loop, each in ((c, "ceiling: kafka-python producer loop", "ceiling: one record at a time"),
+                                (cc, "ceiling: confluent-kafka producer loop", "ceiling (confluent): one at a time")):
+        lines.append(f"{loop:44} {ceiling['tx_per_s']:>9} {'':>8} {'':>8} {ceiling['cpu_us_per_tx']:>17}")
+        for load in LOADS:
+            lat = ceiling["latency"][str(load)]
+            lines.append(f"{f'{each}, {load}/s':44} {lat['achieved_per_s']:>9} "
+                         f"{lat['p50_ms']:>8} {lat['p99_ms']:>8} {'':>17}")
     for load in LOADS:
         r = h[str(load)]
         lines.append(f"{f'HTTP POST, offered {load}/s':44} {r['achieved_per_s']:>9} {r['p50_ms']:>8} "
