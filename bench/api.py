@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import resource
-import secrets
 import shlex
 import shutil
 import signal
@@ -99,29 +98,15 @@ class Stack:
             self.bootstrap = values["KAFKA_BOOTSTRAP_SERVERS"]
             self.owner_url, self.writer_url = values["DATABASE_URL"], values["TILLFLOW_WRITER_URL"]
         else:
-            import psycopg2
+            from bench.ingest import Stack as NativeStack
 
-            from devstack.kafka import KafkaCluster
-            from devstack.postgres import NativePostgres
-            from devstack.proc import free_port
-            from tillflow.migrate import apply_migrations
-
-            log("starting PostgreSQL and 3 Kafka brokers")
-            self.postgres = NativePostgres(self.root / "postgres", free_port(), secrets.token_hex(16),
-                                           attached=True, durable=True)
-            self.postgres.start()
-            self.kafka = KafkaCluster(self.root / "kafka", [free_port() for _ in range(3)],
-                                      [free_port() for _ in range(3)], attached=True)
-            self.kafka.start()
-            conn = psycopg2.connect(self.postgres.url())
-            conn.autocommit = True
-            conn.cursor().execute("CREATE DATABASE tillflow")
-            conn.close()
-            passwords = {role: secrets.token_hex(12) for role in ("owner", "writer", "reader", "backup")}
-            apply_migrations(self.postgres.url(dbname="tillflow"), role_passwords=passwords)
-            self.bootstrap = self.kafka.bootstrap_servers
-            self.owner_url = self.postgres.url("tillflow_owner", passwords["owner"], "tillflow")
-            self.writer_url = self.postgres.url("tillflow_writer", passwords["writer"], "tillflow")
+            native = NativeStack(self.root)
+            try:
+                native.start_services()
+            finally:  # whatever started is stopped by stop(), also when start-up failed halfway
+                self.postgres, self.kafka = native.postgres, native.kafka
+            self.bootstrap = native.kafka.bootstrap_servers
+            self.owner_url, self.writer_url = native.url("owner"), native.url("writer")
         from etl.topics import create_topics
 
         create_topics(self.bootstrap.split(","), list(self.topics))

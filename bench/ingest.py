@@ -103,6 +103,15 @@ class Stack:
         self.passwords = {role: secrets.token_hex(12) for role in ROLES}
 
     def start(self) -> None:
+        """The services, and the identical empty tables the ceiling and pandas cases write to."""
+        self.start_services()
+        with self.admin() as cur:
+            cur.execute("CREATE SCHEMA bench")
+            for table in ("copy_target", "copy_batched", "pandas_target"):
+                cur.execute(f"CREATE TABLE bench.{table} (LIKE sales.transactions INCLUDING ALL)")
+
+    def start_services(self) -> None:
+        """PostgreSQL and three warmed-up brokers, with a migrated ``tillflow`` database."""
         from tillflow.migrate import apply_migrations
 
         log("starting PostgreSQL (fsync on) and 3 Kafka brokers")
@@ -116,10 +125,6 @@ class Stack:
         with self.admin("postgres") as cur:
             cur.execute(f"CREATE DATABASE {self.dbname}")
         apply_migrations(self.postgres.url(dbname=self.dbname), role_passwords=self.passwords)
-        with self.admin() as cur:
-            cur.execute("CREATE SCHEMA bench")
-            for table in ("copy_target", "copy_batched", "pandas_target"):
-                cur.execute(f"CREATE TABLE bench.{table} (LIKE sales.transactions INCLUDING ALL)")
 
     def warm_up_kafka(self) -> None:
         """Have one consumer group join and commit, and one idempotent producer get its id.
