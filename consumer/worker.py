@@ -59,7 +59,7 @@ _LAG_QUERY_EVERY = 10.0  # seconds between offset queries for partitions not rea
 _SWITCH_INTERVAL = 0.0005
 # A commit refused because the group moved on: the new owner replays, harmlessly.
 _REBALANCED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
-               KafkaError._ASSIGNMENT_LOST, KafkaError._NO_OFFSET}
+               KafkaError._ASSIGNMENT_LOST}
 
 
 class Worker:
