@@ -319,6 +319,17 @@ def test_kafka_heap_leaves_room_in_its_container():
         )
 
 
+def test_native_brokers_run_with_the_jvm_options_compose_gives_the_image():
+    from devstack.kafka import JVM_PERFORMANCE_OPTS
+
+    for name, svc in kafka_services().items():
+        options = environment(svc).get("KAFKA_JVM_PERFORMANCE_OPTS", "")
+        assert options.split() == JVM_PERFORMANCE_OPTS.split(), (
+            f"{name}: KAFKA_JVM_PERFORMANCE_OPTS differs from devstack.kafka.JVM_PERFORMANCE_OPTS"
+        )
+        assert "-XX:TieredStopAtLevel=1" in options.split(), f"{name}: the C2 compiler would cost a core's quarter"
+
+
 def test_every_service_logs_through_the_one_capped_anchor():
     anchor = compose()["x-logging"]
     assert anchor["driver"] == "json-file"
