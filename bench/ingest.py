@@ -365,8 +365,8 @@ def generate(n: int, workdir: Path) -> tuple[Path, Path]:
             for index, row in enumerate(datagen.rows(n, seed=SEED, start=DAY, days=1)):
                 write("\t".join((
                     row.id, DAY.isoformat(), row.category, row.name.translate(_COPY_ESCAPES), str(row.quantity),
-                    str(row.amount_excl_tax), str(row.amount_inc_tax), "0.20", "main", "csv", csv_path.name,
-                    str(index + 2), str(index % PARTITIONS), str(index // PARTITIONS),
+                    str(row.amount_excl_tax), str(row.amount_inc_tax), "main", "csv", csv_path.name,
+                    str(index + 2), "0.20", str(index % PARTITIONS), str(index // PARTITIONS),
                 )) + "\n")
                 yield row
 

@@ -39,20 +39,21 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
+from consumer.rows import COLUMNS as ROW_COLUMNS
+from consumer.rows import NULL, TransactionRow, copy_text, plain_text
 from tillflow.errors import SinkError, first_line
-from tillflow.messages import RejectMessage, TransactionMessage
-from tillflow.record import Reason, Transaction
+from tillflow.messages import RejectMessage
+from tillflow.record import Origin, Reason
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = (
-    "id", "transaction_date", "category", "name", "quantity", "amount_excl_tax", "amount_inc_tax",
-    "tax_rate", "store_id", "source", "source_ref", "source_line", "kafka_partition", "kafka_offset",
-)
+# A row's own columns (consumer.rows.TransactionRow), then what the sink adds.
+_COLUMNS = (*ROW_COLUMNS, "tax_rate", "kafka_partition", "kafka_offset")
 _COPY_SQL = f"COPY sales.transactions ({', '.join(_COLUMNS)}) FROM STDIN"
+# The stored version as the same COPY text a row holds, to compare them as bytes.
 _LOOKUP_SQL = (
-    "SELECT id::text, transaction_date, category, name, quantity, amount_excl_tax, amount_inc_tax, store_id"
-    " FROM sales.transactions WHERE id = ANY(%s::uuid[])"
+    "SELECT id::text, to_char(transaction_date, 'YYYY-MM-DD'), category, name, quantity::text,"
+    " amount_excl_tax::text, amount_inc_tax::text, store_id FROM sales.transactions WHERE id = ANY(%s::uuid[])"
 )
 _CONFLICT_SQL = (
     "INSERT INTO ingest.conflicts (transaction_id, stored, incoming, source, source_ref, source_line,"
@@ -62,10 +63,9 @@ _REJECT_SQL = (
     "INSERT INTO ingest.rejects (transaction_id, raw, reasons, source, source_ref, source_line,"
     " kafka_topic, kafka_partition, kafka_offset) VALUES %s ON CONFLICT DO NOTHING"
 )
-# COPY text format: backslash, tab, newline and carriage return must be escaped.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _MAX_ATTEMPTS_ON_RACE = 5
-_COPY_CHUNK = 64 * 1024  # characters handed to COPY at a time
+_COPY_CHUNK = 64 * 1024  # bytes handed to COPY at a time
+_CONTENT_FIELDS = ROW_COLUMNS[1:8]
 
 
 class SinkUnavailable(SinkError):
@@ -84,7 +84,7 @@ class Position(NamedTuple):
 class Batch:
     """Decoded records of one poll cycle, with their Kafka positions."""
 
-    transactions: list[tuple[TransactionMessage, Position]] = field(default_factory=list)
+    transactions: list[tuple[TransactionRow, Position]] = field(default_factory=list)
     rejects: list[tuple[RejectMessage, Position]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -99,59 +99,26 @@ class WriteResult:
     rejects: int = 0
 
 
-def _content(tx: Transaction) -> dict[str, object]:
-    return {
-        "id": str(tx.id), "transaction_date": tx.transaction_date.isoformat(), "category": tx.category,
-        "name": tx.name, "quantity": tx.quantity, "amount_excl_tax": str(tx.amount_excl_tax),
-        "amount_inc_tax": str(tx.amount_inc_tax), "store_id": tx.store_id,
-    }
+def _content(key: bytes, content: Sequence[bytes]) -> dict[str, object]:
+    """A version of a transaction as the JSON ``ingest.conflicts`` keeps."""
+    doc: dict[str, object] = {"id": plain_text(key)}
+    for name, value in zip(_CONTENT_FIELDS, content):
+        doc[name] = plain_text(value)
+    doc["quantity"] = int(doc["quantity"])
+    return doc
 
 
-def _stored_content(row: tuple) -> dict[str, object]:
-    id_, date, category, name, quantity, excl, inc, store = row
-    return {
-        "id": id_, "transaction_date": date.isoformat(), "category": category, "name": name,
-        "quantity": quantity, "amount_excl_tax": str(excl), "amount_inc_tax": str(inc), "store_id": store,
-    }
+def _stored(row: tuple) -> tuple[bytes, ...]:
+    """A looked-up row's content columns as COPY text (comparable with TransactionRow.content())."""
+    return tuple(copy_text(value) for value in row[1:])
 
 
-def _copy_lines(rows: Sequence[tuple[str, Transaction, TransactionMessage, Position]], tax_rate: str) -> Iterator[str]:
-    """COPY text lines, one per (id text, transaction, message, position).
-
-    The hot path of the consumer: texts that repeat within a batch (names,
-    store, file name) are escaped once, dates formatted once.
-    """
-    escaped: dict[str, str] = {}
-    dates: dict = {}
-    for key, tx, msg, pos in rows:
-        day = tx.transaction_date
-        day_text = dates.get(day)
-        if day_text is None:
-            day_text = dates[day] = day.isoformat()
-        name = escaped.get(tx.name)
-        if name is None:
-            name = escaped[tx.name] = tx.name.translate(_COPY_ESCAPES)
-        store = escaped.get(tx.store_id)
-        if store is None:
-            store = escaped[tx.store_id] = tx.store_id.translate(_COPY_ESCAPES)
-        origin = msg.origin
-        source = ref = line = "\\N"
-        if origin is not None:
-            if origin.source:
-                source = escaped.get(origin.source)
-                if source is None:
-                    source = escaped[origin.source] = origin.source.translate(_COPY_ESCAPES)
-            if origin.ref:
-                ref = escaped.get(origin.ref)
-                if ref is None:
-                    ref = escaped[origin.ref] = origin.ref.translate(_COPY_ESCAPES)
-            if origin.line:
-                line = str(origin.line)
-        # Amounts are Decimals quantized to cents (str() is '12.30'); category is SELL or BUY.
-        yield (
-            f"{key}\t{day_text}\t{tx.category}\t{name}\t{int(tx.quantity)}\t{tx.amount_excl_tax!s}\t"
-            f"{tx.amount_inc_tax!s}\t{tax_rate}\t{store}\t{source}\t{ref}\t{line}\t{pos.partition}\t{pos.offset}\n"
-        )
+def _copy_lines(rows: Sequence[tuple[TransactionRow, Position]], tax_rate: bytes) -> Iterator[bytes]:
+    """COPY text lines: the row's own columns, then the tax rate and the Kafka position."""
+    tail = b"\t" + tax_rate + b"\t%d\t%d\n"
+    join = b"\t".join
+    for row, pos in rows:
+        yield join(row) + tail % (pos.partition, pos.offset)
 
 
 class _StreamedText:
@@ -165,15 +132,15 @@ class _StreamedText:
     def __init__(self, lines: Iterator[str]) -> None:
         self._lines = lines
 
-    def read(self, size: int = -1) -> str:
-        parts: list[str] = []
+    def read(self, size: int = -1) -> bytes:
+        parts: list[bytes] = []
         length = 0
         for line in self._lines:
             parts.append(line)
             length += len(line)
             if 0 < size <= length:
                 break
-        return "".join(parts)
+        return b"".join(parts)
 
 
 class PostgresSink:
@@ -181,7 +148,7 @@ class PostgresSink:
 
     def __init__(self, database_url: str, tax_rate: Decimal) -> None:
         self._url = database_url
-        self._tax_rate = str(tax_rate)
+        self._tax_rate = str(tax_rate).encode("ascii")
         self._conn: psycopg2.extensions.connection | None = None
         # True while the last batch found none of its ids stored: the next one is
         # COPYed without the lookup, and looked up only if the primary key refuses it.
@@ -250,35 +217,34 @@ class PostgresSink:
                 raise SinkError(f"PostgreSQL refused the batch: {first_line(exc)}") from exc
         raise SinkError(f"batch kept racing another writer after {_MAX_ATTEMPTS_ON_RACE} attempts")
 
-    def _write_transactions(self, cur, items: Sequence[tuple[TransactionMessage, Position]], result: WriteResult,
+    def _write_transactions(self, cur, items: Sequence[tuple[TransactionRow, Position]], result: WriteResult,
                             *, lookup: bool = True) -> None:
         if not items:
             return
-        keys = [str(msg.transaction.id) for msg, _ in items]
-        stored: dict[str, tuple] = {}
+        stored: dict[bytes, tuple[bytes, ...]] = {}
         if lookup:
-            cur.execute(_LOOKUP_SQL, (list(set(keys)),))
-            stored = {row[0]: row for row in cur.fetchall()}
+            cur.execute(_LOOKUP_SQL, (list({row.id.decode("ascii") for row, _ in items}),))
+            stored = {found[0].encode("ascii"): _stored(found) for found in cur.fetchall()}
             self._optimistic = not stored
-        fresh: dict[str, Transaction] = {}  # first version of each new id in this batch
-        rows: list[tuple[str, Transaction, TransactionMessage, Position]] = []
+        fresh: dict[bytes, TransactionRow] = {}  # first version of each new id in this batch
+        rows: list[tuple[TransactionRow, Position]] = []
         conflicts: list[tuple] = []
-        for key, (msg, pos) in zip(keys, items):
-            tx = msg.transaction
+        for item in items:
+            row = item[0]
+            key = row.id
             if key in stored:
-                row = stored[key]
-                if row[1:] == tx.content_key():
+                if stored[key] == row.content():
                     result.duplicates += 1
                 else:
-                    conflicts.append(self._conflict(_stored_content(row), tx, msg, pos))
+                    conflicts.append(self._conflict(stored[key], *item))
             elif key in fresh:
-                if fresh[key].content_key() == tx.content_key():
+                if fresh[key].content() == row.content():
                     result.duplicates += 1
                 else:
-                    conflicts.append(self._conflict(_content(fresh[key]), tx, msg, pos))
+                    conflicts.append(self._conflict(fresh[key].content(), *item))
             else:
-                fresh[key] = tx
-                rows.append((key, tx, msg, pos))
+                fresh[key] = row
+                rows.append(item)
         if rows:
             cur.copy_expert(_COPY_SQL, _StreamedText(_copy_lines(rows, self._tax_rate)), size=_COPY_CHUNK)
             result.inserted += len(rows)
@@ -287,11 +253,10 @@ class PostgresSink:
             result.conflicts += cur.rowcount if cur.rowcount >= 0 else len(conflicts)
 
     @staticmethod
-    def _conflict(stored: dict, tx: Transaction, msg: TransactionMessage, pos: Position) -> tuple:
-        origin = msg.origin
+    def _conflict(stored: Sequence[bytes], row: TransactionRow, pos: Position) -> tuple:
         return (
-            str(tx.id), json.dumps(stored), json.dumps(_content(tx)),
-            origin.source if origin else None, origin.ref if origin else None, origin.line if origin else None,
+            plain_text(row.id), json.dumps(_content(row.id, stored)), json.dumps(_content(row.id, row.content())),
+            plain_text(row.source), plain_text(row.source_ref), _line(row),
             pos.topic, pos.partition, pos.offset,
         )
 
@@ -329,26 +294,30 @@ class IsolatingSink(PostgresSink):
         except SinkError as exc:
             log.error("batch of %d refused (%s): writing its records one by one", len(batch), exc)
         total = WriteResult()
-        for msg, pos in batch.transactions:
+        for row, pos in batch.transactions:
             try:
-                result = super().write(Batch(transactions=[(msg, pos)]))
+                result = super().write(Batch(transactions=[(row, pos)]))
             except SinkUnavailable:
                 raise
             except SinkError as exc:
-                result = super().write(Batch(rejects=[(_refused(msg, pos, exc), pos)]))
+                result = super().write(Batch(rejects=[(_refused(row, pos, exc), pos)]))
             _add(total, result)
         if batch.rejects:
             _add(total, super().write(Batch(rejects=batch.rejects)))
         return total
 
 
-def _refused(msg: TransactionMessage, pos: Position, exc: SinkError) -> RejectMessage:
+def _line(row: TransactionRow) -> int | None:
+    return None if row.source_line == NULL else int(row.source_line)
+
+
+def _refused(row: TransactionRow, pos: Position, exc: SinkError) -> RejectMessage:
     where = f"{pos.topic}[{pos.partition}] offset {pos.offset}"
-    content = {k: (None if v is None else str(v)) for k, v in _content(msg.transaction).items()}
+    content = {name: plain_text(value) for name, value in zip(ROW_COLUMNS[:8], row)}
     return RejectMessage(
-        id=str(msg.transaction.id), raw=content,
+        id=content["id"], raw=content,
         reasons=(Reason("row", "database_refused", f"PostgreSQL refused the record at {where}: {exc}"),),
-        origin=msg.origin,
+        origin=Origin(plain_text(row.source) or "kafka", plain_text(row.source_ref), _line(row)),
     )
 
 

@@ -39,6 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer import metrics
 from consumer.cluster import ClusterProbe
+from consumer.rows import fast_row, row_of
 from consumer.sink import Batch, IsolatingSink, PostgresSink, Position, SinkUnavailable, WriteResult
 from tillflow.config import Settings
 from tillflow.errors import ConfigError
@@ -208,6 +209,10 @@ class Worker:
         return "transactions" if topic == self.settings.topic_transactions else "rejects"
 
     def _add(self, batch: Batch, value: bytes | None, key: bytes | None, pos: Position) -> None:
+        row = fast_row(value) if value is not None else None
+        if row is not None:  # a canonical transaction: straight to its COPY text
+            batch.transactions.append((row, pos))
+            return
         try:
             msg = decode(value)
         except MessageError as exc:
@@ -222,7 +227,7 @@ class Worker:
                 origin=Origin("kafka", pos.topic, None),
             )
         if type(msg) is TransactionMessage:
-            batch.transactions.append((msg, pos))
+            batch.transactions.append((row_of(msg), pos))
         else:
             batch.rejects.append((msg, pos))
 

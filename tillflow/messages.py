@@ -138,7 +138,29 @@ def _parse(value: bytes) -> object:
         raise MessageError(f"message is not UTF-8 bytes: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise MessageError(f"message is not valid JSON: {exc}") from None
+    if _holds_lone_surrogate(doc):
+        # Valid JSON, but no UTF-8 text can hold it: PostgreSQL could never store it.
+        raise MessageError("message is not valid JSON text: it escapes a lone surrogate (\\udXXX)")
     return doc
+
+
+def _holds_lone_surrogate(doc: object) -> bool:
+    """True if a key or string anywhere in ``doc`` holds an unpaired surrogate."""
+    pending = [doc]
+    while pending:
+        value = pending.pop()
+        if type(value) is str:
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif type(value) is dict:
+            pending.extend(value)
+            pending.extend(value.values())
+        elif type(value) is list:
+            pending.extend(value)
+    return False
 
 
 def decode(value: bytes) -> TransactionMessage | RejectMessage:

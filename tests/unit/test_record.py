@@ -6,7 +6,6 @@ import dataclasses
 import datetime
 import json
 import pickle
-import unicodedata
 import uuid
 from decimal import Decimal, localcontext
 
@@ -14,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support.strategies import transactions
 from tillflow import record
 from tillflow.record import (
     MAX_QUANTITY,
@@ -504,34 +504,6 @@ def test_rejected_id_is_canonical_when_valid_raw_otherwise():
 
 
 # -- properties ------------------------------------------------------------------
-
-def _clean_name(text: str) -> str:
-    return unicodedata.normalize("NFC", text.strip())
-
-
-_names = (
-    st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=200)
-    .map(_clean_name)
-    .filter(lambda s: 0 < len(s) <= 200)
-)
-
-
-@st.composite
-def transactions(draw) -> Transaction:
-    """Any valid transaction under the default 20% tax rate."""
-    excl = draw(st.integers(1, 833_333_333_000))  # so that inc stays below 10**10
-    inc = (excl * 12 + 5) // 10 + draw(st.integers(-1, 1))
-    return Transaction(
-        id=uuid.UUID(int=draw(st.integers(0, 2**128 - 1))),
-        transaction_date=draw(st.dates()),
-        category=draw(st.sampled_from(["SELL", "BUY"])),
-        name=draw(_names),
-        quantity=draw(st.integers(1, MAX_QUANTITY)),
-        amount_excl_tax=Decimal(excl).scaleb(-2),
-        amount_inc_tax=Decimal(max(inc, 1)).scaleb(-2),
-        store_id=draw(st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)),
-    )
-
 
 def as_raw(tx: Transaction) -> dict:
     return {
