@@ -5,7 +5,9 @@ One loop, in this order, forever:
 1. consume records from ``tillflow.transactions`` and ``tillflow.rejects``
    (group ``tillflow-writer``; several workers share the partitions) until a
    batch is full or its time is up;
-2. decode them (an undecodable message becomes a reject, never a crash);
+2. decode them (an undecodable message becomes a reject, never a crash): a
+   message in the producer's exact layout goes straight to its COPY text
+   (``consumer.rows.fast_row``), any other through ``tillflow.messages.decode``;
 3. write the batch in one PostgreSQL transaction (``consumer.sink``);
 4. commit the batch's offsets to Kafka, only after the database commit.
 
@@ -54,6 +56,7 @@ _BACKOFF_MAX = 30.0
 _CONSUME_WAIT = 0.1  # seconds one consume() call waits; a batch closes after a wait that brought nothing
 _KAFKA_TIMEOUT = 10.0  # seconds for a metadata or offsets request
 _LAG_QUERY_EVERY = 10.0  # seconds between offset queries for partitions not read from yet
+_new_tuple = tuple.__new__  # a Position per record without the NamedTuple's Python-level constructor
 # The writer thread needs the GIL briefly per COPY chunk while this one decodes
 # flat out; at Python's default 5 ms switch interval it waits longer for the GIL
 # than PostgreSQL takes for the chunk before, and the backend idles.
@@ -189,7 +192,7 @@ class Worker:
                 topic = message.topic()
                 partition = message.partition()
                 offset = message.offset()
-                self._add(batch, message.value(), message.key(), Position(topic, partition, offset))
+                self._add(batch, message.value(), message.key(), _new_tuple(Position, (topic, partition, offset)))
                 offsets[topic, partition] = offset + 1
                 if topic == topic_tx:
                     transactions += 1
