@@ -6,12 +6,13 @@ import logging
 import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import GroupIdNotFoundError, KafkaError, TopicAlreadyExistsError
 
 from tillflow.config import Settings
 from tillflow.errors import PublishError
 
 log = logging.getLogger(__name__)
+_GROUP_NOT_FOUND = f"[Error {GroupIdNotFoundError.errno}]"  # how kafka-python words that answer
 
 TOPIC_CONFIG = {
     "min.insync.replicas": "2",
@@ -58,9 +59,43 @@ def create_topics(bootstrap_servers, names: list[str], *, partitions: int = 6, r
     return created
 
 
+def wait_for_group_coordinator(bootstrap_servers, group: str, *, timeout: float = 60) -> bool:
+    """Ask the cluster about ``group`` until its coordinator answers; False if it did not in time.
+
+    On a fresh cluster the first such question creates ``__consumer_offsets``
+    (50 partitions, 3 replicas each) and every broker then loads its share:
+    seconds on a small, busy machine, which the set-up pays here instead of the
+    consumer's first batch (the first file after ``make local`` or
+    ``docker compose up`` waits for nothing).
+    """
+    deadline = time.monotonic() + timeout
+    admin = None
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if admin is None:
+                    wait_ms = max(1000, int(min(10.0, deadline - time.monotonic()) * 1000))
+                    admin = KafkaAdminClient(bootstrap_servers=list(bootstrap_servers), client_id="tillflow-topics",
+                                             bootstrap_timeout_ms=wait_ms, request_timeout_ms=wait_ms)
+                # Answered: the group exists, or (Kafka 4's coordinator) it is known not to.
+                error = admin.describe_groups([group])[group].get("error")
+                if error is None or error.startswith(_GROUP_NOT_FOUND):
+                    return True
+            except KafkaError:
+                pass
+            time.sleep(0.5)
+        return False
+    finally:
+        if admin is not None:
+            admin.close()
+
+
 def cli_create_topics(settings: Settings, partitions: int = 6) -> int:
     names = [settings.topic_transactions, settings.topic_rejects]
     created = create_topics(settings.kafka_bootstrap_servers, names, partitions=partitions)
     for name in names:
         print(f"{name}: {'created' if name in created else 'exists'}")
+    if not wait_for_group_coordinator(settings.kafka_bootstrap_servers, settings.consumer_group):
+        # Not fatal: the consumer waits for the coordinator by itself.
+        log.warning("the coordinator of consumer group %s did not answer yet", settings.consumer_group)
     return 0

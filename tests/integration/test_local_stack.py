@@ -92,7 +92,9 @@ def test_local_stack_up_twice_down_up_keeps_data_and_down_leaves_nothing(stack_e
             break
         time.sleep(0.5)
     else:
-        raise AssertionError(f"the dropped file did not reach the report:\n{out}")
+        logs = "".join(f"\n--- {name}.log (end)\n" + (root / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+                       for name in ("watcher", "consumer") if (root / "logs" / f"{name}.log").exists())
+        raise AssertionError(f"the dropped file did not reach the report within 30 s:\n{out}{logs}")
 
     again = local(stack_env, "up")
     assert again.returncode == 0 and "already running" in again.stdout
