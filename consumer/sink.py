@@ -129,7 +129,7 @@ class _StreamedText:
     whole batch being formatted first and sent after.
     """
 
-    def __init__(self, lines: Iterator[str]) -> None:
+    def __init__(self, lines: Iterator[bytes]) -> None:
         self._lines = lines
 
     def read(self, size: int = -1) -> bytes:
