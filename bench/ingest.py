@@ -56,6 +56,7 @@ from pathlib import Path
 
 import psycopg2
 
+from consumer.rows import _COPY_ESCAPES  # the consumer's own COPY escaping
 from consumer.sink import _COLUMNS as SINK_COLUMNS  # the columns the consumer COPYs, in its order
 from devstack import datagen
 from devstack.kafka import KAFKA_VERSION, KafkaCluster
@@ -80,7 +81,6 @@ TARGETS = {  # name: (what, threshold)
     "loader_rss_mb": ("peak RSS of tillflow load (MB, at most)", 300),
     "consumer_rss_mb": ("peak RSS of the consumer (MB, at most)", 300),
 }
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _LOAD_LINE = re.compile(r"(\d+) rows read, (\d+) accepted, (\d+) rejected")
 
 

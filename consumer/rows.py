@@ -99,6 +99,14 @@ def _json_text(raw: bytes) -> str | None:
     return text
 
 
+def _remember(cache: dict, key, value):
+    """Store a verdict; a cache that reached _CACHE_LIMIT starts again (memory stays bounded)."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def _judged(field: int):
     """A cache from one field's raw JSON text to its COPY text, or _BAD when the record refuses it."""
     cache: dict[bytes, bytes] = {}
@@ -111,10 +119,7 @@ def _judged(field: int):
             probe[field] = text
             if accept_canonical(*probe, None, None, None, "") is not None:
                 copy = copy_text(text)
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[raw] = copy
-        return copy
+        return _remember(cache, raw, copy)
 
     return cache, judge
 
@@ -127,14 +132,13 @@ _origins: dict[tuple[bytes, bytes | None], tuple[bytes, bytes] | None] = {}
 
 def _judge_origin(key: tuple[bytes, bytes | None]) -> tuple[bytes, bytes] | None:
     """Source and ref as COPY text (an empty ref is NULL); None unless both are valid JSON text."""
-    source, ref = _json_text(key[0]), NULL if key[1] is None else _json_text(key[1])
+    raw_source, raw_ref = key
+    source = _json_text(raw_source)
+    ref = None if raw_ref is None else _json_text(raw_ref)
     copy = None
-    if source and ref is not None:  # decode() refuses an empty source
-        copy = copy_text(source), ref if ref is NULL else (copy_text(ref) if ref else NULL)
-    if len(_origins) >= _CACHE_LIMIT:
-        _origins.clear()
-    _origins[key] = copy
-    return copy
+    if source and (raw_ref is None or ref is not None):  # decode() refuses an empty source
+        copy = copy_text(source), copy_text(ref) if ref else NULL
+    return _remember(_origins, key, copy)
 
 
 def fast_row(value: bytes) -> TransactionRow | None:
