@@ -19,11 +19,12 @@ translated here, at one boundary.
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tillflow.errors import TillflowError
@@ -44,7 +45,7 @@ class ApiError(TillflowError):
             self.code = code
         self.headers = headers or {}
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         return error_response(self.status, self.code, self.message, self.headers)
 
 
@@ -88,8 +89,14 @@ class Unavailable(ApiError):
         super().__init__(message, code=code, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_body(code: str, message: str) -> bytes:
+    """The JSON body of an error answer."""
+    return json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
 
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -97,17 +104,17 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  422: "unprocessable"}
 
 
-async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+async def _api_error(_request: Request, exc: ApiError) -> Response:
     return exc.response()
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 
 
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
     problems = []
     for error in exc.errors()[:5]:
         where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body",))
@@ -115,7 +122,7 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     return error_response(422, "unprocessable", "; ".join(problems) or "the request is not valid")
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     # Logged here with the traceback; the caller gets no detail of it.
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "the server failed to answer this request; it has been logged")

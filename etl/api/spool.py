@@ -1,6 +1,6 @@
 """Request bodies read within their limits, in bounded memory.
 
-- :func:`read_body`: a JSON body of at most ``limit`` bytes (``API_MAX_BODY_BYTES``).
+- :func:`receive_body`: a JSON body of at most ``limit`` bytes (``API_MAX_BODY_BYTES``).
 - :func:`spool_upload`: a CSV upload written to a private directory on disk, at
   most ``limit`` bytes of file (``API_MAX_UPLOAD_BYTES``). The body is either the
   CSV itself (``text/csv``, file name from the ``filename`` parameter) or
@@ -34,12 +34,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 log = logging.getLogger("tillflow.api")
 
 
-def _declared_length(request: Request) -> int | None:
-    raw = request.headers.get("content-length")
-    if raw is None:
+def declared_length(header: str | None) -> int | None:
+    """A request's Content-Length header as a number (None when absent); 400 if it is not one."""
+    if header is None:
         return None
     try:
-        return int(raw)
+        return int(header)
     except ValueError:
         raise BadRequest("Content-Length is not a number") from None
 
@@ -48,21 +48,23 @@ def _too_large(what: str, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"{what} is larger than {limit} bytes, the most accepted: send less at a time")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 once it passes ``limit`` bytes."""
-    declared = _declared_length(request)
+async def receive_body(receive, declared: int | None, limit: int) -> bytes:
+    """The whole body from an ASGI ``receive``, or 413 once it passes ``limit`` bytes
+    (at once if the declared length does)."""
     if declared is not None and declared > limit:
         raise _too_large("the body", limit)
     chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large("the body", limit)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise BadRequest("the client disconnected before the body was complete") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client disconnected before the body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large("the body", limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def safe_name(name: str | None) -> str:
@@ -95,7 +97,7 @@ async def spool_upload(request: Request, directory: Path | None, limit: int, fil
         return await _spool_multipart(request, directory, limit, boundary)
     if kind not in CSV_TYPES:
         raise UnsupportedMedia("send the CSV file as text/csv, or as multipart/form-data with a file part")
-    declared = _declared_length(request)
+    declared = declared_length(request.headers.get("content-length"))
     if declared is not None and declared > limit:
         raise _too_large("the file", limit)
     spooled = _new(directory, safe_name(filename))
@@ -198,7 +200,7 @@ class _FilePart:
 
 
 async def _spool_multipart(request: Request, directory: Path | None, limit: int, boundary: bytes) -> Spooled:
-    declared = _declared_length(request)
+    declared = declared_length(request.headers.get("content-length"))
     total_limit = limit + _MULTIPART_SLACK
     if declared is not None and declared > total_limit:
         raise _too_large("the file", limit)

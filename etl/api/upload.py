@@ -30,9 +30,10 @@ from etl.api.auth import Principal
 from etl.api.database import Database
 from etl.api.errors import NotFound, Unavailable, Unprocessable
 from etl.api.publish import AsyncPublisher, KafkaUnavailable
-from etl.api.routes import principal, unavailable
+from etl.api.routes import principal
 from etl.api.schemas import UploadRecord, UploadSummary, error_responses
 from etl.api.spool import Spooled, spool_upload
+from etl.api.transactions import unavailable
 from etl.load import LoadSummary, Loader
 from etl.producer import Publisher
 from etl.sources.csv import date_from_filename
@@ -131,7 +132,7 @@ def router(settings: Settings, api: APIRouter | None = None) -> APIRouter:
         try:
             await publisher.available()  # fail fast while Kafka is known to be down
         except KafkaUnavailable as exc:
-            raise unavailable(exc) from exc
+            raise unavailable() from exc
         spooled = await spool_upload(request, settings.api_spool_dir, settings.api_max_upload_bytes, filename)
         try:
             day = _date_of(spooled.name, date)

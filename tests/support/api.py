@@ -11,7 +11,6 @@ import datetime
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from decimal import Decimal
