@@ -57,3 +57,63 @@ def test_unknown_routes_and_methods_answer_in_the_one_error_shape():
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
     assert health.json() == {"status": "ok"}
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+class _Tokens:
+    """The app's authenticator for one token, "good", of store "main" (no PostgreSQL needed here)."""
+
+    async def authenticate(self, header):
+        from etl.api.auth import Principal
+        from etl.api.errors import Unauthorized
+
+        if header != "Bearer good":
+            raise Unauthorized()
+        return Principal("t1", "main")
+
+
+def test_the_fast_path_and_the_documented_route_answer_alike():
+    """POST /v1/transactions is answered before FastAPI's routing (etl.api.transactions.FastPath); the
+    route of the same path, in an app without the fast path, gives the same answers, and the request
+    metrics label them with the route."""
+    from etl.api import metrics
+    from etl.api.transactions import FastPath
+
+    app, without = create_app(SETTINGS), create_app(SETTINGS)
+    without.user_middleware = [m for m in without.user_middleware if m.cls is not FastPath]
+    assert len(without.user_middleware) == len(app.user_middleware) - 1
+    app.state.auth = without.state.auth = _Tokens()
+    # Without its route in the router, the app can answer these only through the fast path.
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/v1/transactions"]
+    good = {"Authorization": "Bearer good", "Content-Type": "application/json"}
+    cases = [
+        ({"Content-Type": "application/json"}, b"{}"),
+        ({"Authorization": "Bearer bad", "Content-Type": "application/json"}, b"{}"),
+        ({"Authorization": "Bearer good", "Content-Type": "text/plain"}, b"{}"),
+        (good, b"{not json"),
+        (good, b"\xff"),
+        (good, b"[]"),
+        (good, b"42"),
+        (good, b"[" + b",".join([b"{}"] * 26) + b"]"),
+        (good, b'{"store_id": "north"}'),
+        (good, b"x" * (SETTINGS.api_max_body_bytes + 1)),
+    ]
+
+    def counted() -> float:
+        return metrics.REQUESTS.labels(route="/v1/transactions", method="POST", status="401")._value.get()
+
+    async def calls(asgi):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://api") as client:
+            return [await client.post("/v1/transactions", content=body, headers=headers) for headers, body in cases]
+
+    before = counted()
+    fast = asyncio.run(calls(app))
+    assert counted() == before + 2  # no token, a wrong one: counted under the route's template
+    routed = asyncio.run(calls(without))
+    expected = [401, 401, 415, 400, 400, 422, 422, 413, 403, 413]
+    assert [r.status_code for r in fast] == expected == [r.status_code for r in routed]
+    for one, other in zip(fast, routed):
+        assert one.json() == other.json() and set(one.json()) == {"error"}
+        assert one.headers["content-type"] == other.headers["content-type"] == "application/json"
+        assert one.headers.get("www-authenticate") == other.headers.get("www-authenticate")
+    assert fast[0].headers["www-authenticate"] == 'Bearer realm="tillflow"'
+    assert fast[8].json()["error"]["code"] == "forbidden_store"
