@@ -97,7 +97,7 @@ class KafkaNode:
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": self.data_dir,
-            "num.partitions": 6,
+            "num.partitions": 3,  # as etl.topics.PARTITIONS
             "default.replication.factor": 3,
             "min.insync.replicas": 2,
             "unclean.leader.election.enable": "false",

@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="list migrations and whether each is applied")
 
     p = add("create-topics", _cmd_create_topics, "create the Kafka topics (replication 3, min ISR 2); idempotent")
-    p.add_argument("--partitions", type=int, default=6, help="partitions per topic (default 6)")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="partitions of each topic it creates (default 3, one per broker; existing topics keep theirs)")
 
     p = add("load", _cmd_load, "publish CSV files of transactions to Kafka")
     p.add_argument("files", nargs="+", metavar="FILE", help="CSV files named retail_DD_MM_YYYY.csv")

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 
 from devstack import datagen
+from etl.topics import PARTITIONS
 from support.pipeline import (
     consume_until_idle, expected, query, start_consumer, stored, tillflow, topic_size, wait_for,
 )
@@ -206,7 +207,7 @@ def test_two_consumers_share_the_partitions(env, migrated_db, tmp_path):
             assert proc.wait(timeout=60) == 0
     assert stored(migrated_db) == expected(items)
     partitions = query(migrated_db, "SELECT count(DISTINCT kafka_partition) FROM sales.transactions")
-    assert partitions == [(6,)]
+    assert partitions == [(PARTITIONS,)]
 
 
 def test_report_answers_equal_an_independent_computation(env, migrated_db, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 from devstack.kafka import KafkaCluster
 from devstack.postgres import NativePostgres
 from devstack.proc import free_port
+from etl.topics import PARTITIONS
 
 
 def docker_available() -> bool:
@@ -208,7 +209,7 @@ class DockerKafkaCluster:
         self.network.remove()
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 6) -> None:
+def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
