@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from etl.api.errors import BadRequest, PayloadTooLarge, Unprocessable
-from tillflow.messages import encode_reject, encode_transaction, key_for
+from tillflow.messages import encode_reject, key_for, transaction_record
 from tillflow.record import FIELDS, Origin, Reason, Rejected, Transaction, raw_text, validate
 
 Record = tuple[str, bytes | None, bytes]  # topic, key, value
@@ -114,9 +114,9 @@ def judge(item: object, *, store_id: str, tax_rate: Decimal, origin: Origin) -> 
 
 
 def record_for(verdict: Transaction | Rejected, topic_transactions: str, topic_rejects: str) -> Record:
+    """The Kafka record of a verdict; a transaction's key is its canonical id (ASCII)."""
     if type(verdict) is Transaction:
-        text = str(verdict.id)
-        return topic_transactions, text.encode("ascii"), encode_transaction(verdict, verdict.origin)
+        return (topic_transactions, *transaction_record(verdict))
     return topic_rejects, key_for(verdict.id), encode_reject(verdict)
 
 

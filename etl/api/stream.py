@@ -40,6 +40,7 @@ import asyncio
 import json
 import logging
 import uuid
+from functools import partial
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -60,6 +61,16 @@ _OUTCOMES = {name: metrics.WS_MESSAGES.labels(outcome=name) for name in (
     "accepted", "rejected", "malformed", "too_large", "forbidden", "unavailable")}
 _ACCEPTED = etl_metrics.RECORDS.labels(source="ws", outcome="accepted")
 _REJECTED = etl_metrics.RECORDS.labels(source="ws", outcome="rejected")
+
+
+class _Count:
+    value = 0
+
+
+# Messages awaiting Kafka, counted as a plain int on the event loop and read when /metrics is
+# scraped: a Gauge's inc() and dec() take a lock, twice per message.
+_IN_FLIGHT = _Count()
+metrics.WS_IN_FLIGHT.set_function(lambda: _IN_FLIGHT.value)
 
 
 def transport_limit(settings: Settings) -> int:
@@ -170,10 +181,12 @@ class _Connection:
             _OUTCOMES["unavailable"].inc(len(answers))
             return self._send_answers(seq, answers, batch=isinstance(doc, list))
         topics = self.settings.topic_transactions, self.settings.topic_rejects
-        futures = [self.publisher.send(producer, record_for(v, *topics)) for v in verdicts]
-        metrics.WS_IN_FLIGHT.inc(len(futures))
+        records = [record_for(v, *topics) for v in verdicts]
+        futures = [self.publisher.send(producer, record) for record in records]
+        _IN_FLIGHT.value += len(futures)
         if isinstance(doc, dict):
-            futures[0].add_done_callback(lambda done: self._settled(seq, verdicts[0], done))
+            # A transaction's key is its canonical id, formatted once (record_for) for the ack too.
+            futures[0].add_done_callback(partial(self._settled, seq, verdicts[0], records[0][1]))
         else:
             task = asyncio.create_task(self._settle_batch(seq, verdicts, futures))
             self.batches.add(task)
@@ -192,20 +205,20 @@ class _Connection:
         _REJECTED.inc()
         return {"type": "reject", "id": verdict.id, "reasons": reasons_json(verdict.reasons)}
 
-    def _settled(self, seq: int, verdict, future: asyncio.Future) -> None:
-        metrics.WS_IN_FLIGHT.dec()
+    def _settled(self, seq: int, verdict, key: bytes | None, future: asyncio.Future) -> None:
+        _IN_FLIGHT.value -= 1
         if type(verdict) is Transaction and not future.cancelled() and future.exception() is None:
-            # The hot path: built by hand, the id is a canonical UUID.
+            # The hot path: built by hand, the key is the canonical id (hex digits and hyphens).
             self.publisher.outcome(future)
             _OUTCOMES["accepted"].inc()
             _ACCEPTED.inc()
-            self.outbox.put_nowait(f'{{"type":"ack","seq":{seq},"id":"{verdict.id}"}}')
+            self.outbox.put_nowait(f'{{"type":"ack","seq":{seq},"id":"{key.decode("ascii")}"}}')
             return
         self._send_answers(seq, [self._answer_for(verdict, future)], batch=False)
 
     async def _settle_batch(self, seq: int, verdicts: list, futures: list[asyncio.Future]) -> None:
         await asyncio.wait(futures)
-        metrics.WS_IN_FLIGHT.dec(len(futures))
+        _IN_FLIGHT.value -= len(futures)
         self._send_answers(seq, [self._answer_for(v, f) for v, f in zip(verdicts, futures)], batch=True)
 
     def _send_answers(self, seq: int, answers: list[dict], *, batch: bool) -> None:
