@@ -4,7 +4,8 @@
 a temporary directory (PostgreSQL and three KRaft brokers, as ``make local``
 does; ``--local`` uses the running ``make local`` stack from ``.local/env``
 instead, on topics of its own), creates a token, runs ``tillflow serve`` as a
-child process and measures, in one run:
+child process, warms the brokers up (30 s of records at 1000/s: fresh brokers
+compile their hot paths first) and measures, in one run:
 
 ``ceiling``
     a plain kafka-python producer loop with the API's producer settings
@@ -54,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "api.json"
 LOADS = (100, 500, 1000)
 TARGETS = {"http_p99_ms_at_500": 50.0, "websocket_tx_per_s": 5000.0}
+WARM_UP_SECONDS = 30
 
 
 def log(message: str) -> None:
@@ -295,6 +297,29 @@ def ceiling_confluent(stack: Stack, n: int, seconds: float) -> dict:
     return result
 
 
+def warm_up(stack: Stack, seconds: float, rate: int = 1000) -> None:
+    """Records at ``rate`` a second for ``seconds``, before anything is measured. Fresh brokers
+    compile their hot paths for their first half-minute of traffic (C1, devstack.kafka): p99 at
+    500 tx/s was 4-10x its later value in that time, and whichever case ran first paid for it.
+    Brokers in production have long been warm."""
+    from confluent_kafka import Producer
+
+    from etl.api.publish import api_producer_config
+
+    config = api_producer_config(stack.bootstrap.split(","), client_id="bench-api-warm-up", delivery_timeout_ms=30_000)
+    config.pop("logger", None)
+    producer = Producer(config)
+    records = _encoded(transactions(int(rate * seconds)))
+    t0 = time.perf_counter()
+    for i, (key, value) in enumerate(records):
+        while (delay := t0 + i / rate - time.perf_counter()) > 0:
+            producer.poll(delay)
+        producer.produce(stack.topics[0], value, key)
+        producer.poll(0)
+    if producer.flush(60):
+        raise SystemExit("bench-api: Kafka did not acknowledge the warm-up records")
+
+
 def _latency(latencies: list[float], count: int, elapsed: float, errors: int) -> dict:
     return {"requests": count, "achieved_per_s": round(len(latencies) / elapsed, 1), "errors": errors,
             "p50_ms": _ms(percentile(latencies, 0.50)), "p99_ms": _ms(percentile(latencies, 0.99)),
@@ -442,6 +467,8 @@ def measure(stack: Stack, seconds: float, ws_per_client: int) -> dict:
     server = Server(stack)
     try:
         server.wait_ready()
+        log(f"warming the brokers up: {WARM_UP_SECONDS:g} s at 1000 tx/s")
+        warm_up(stack, WARM_UP_SECONDS)
         log("ceiling: plain kafka-python producer loop")
         report = {"ceiling": ceiling(stack, 20_000, seconds)}
         log("ceiling: plain confluent-kafka producer loop with the same settings")
@@ -467,6 +494,8 @@ def measure(stack: Stack, seconds: float, ws_per_client: int) -> dict:
 
 
 def summarise(report: dict, seconds: float) -> dict:
+    from etl.topics import PARTITIONS
+
     p99 = report["http"]["500"]["p99_ms"]
     ws = report["websocket"]["per_frame_1"]["tx_per_s"]
     report["targets"] = {
@@ -489,7 +518,8 @@ def summarise(report: dict, seconds: float) -> dict:
     }
     report["machine"] = {"cores": os.cpu_count(), "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
                          "python": platform.python_version(), "platform": platform.platform()}
-    report["settings"] = {"seconds_per_load": seconds, "loads_tx_per_s": list(LOADS)}
+    report["settings"] = {"seconds_per_load": seconds, "loads_tx_per_s": list(LOADS), "warm_up_seconds": WARM_UP_SECONDS,
+                          "partitions": PARTITIONS}
     return report
 
 
