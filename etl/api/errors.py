@@ -122,10 +122,17 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> R
     return error_response(422, "unprocessable", "; ".join(problems) or "the request is not valid")
 
 
+UNEXPECTED = "the server failed to answer this request; it has been logged"
+
+
+def log_unexpected(method: str, path: str, exc: BaseException) -> None:
+    """An exception no route expected, logged with its traceback; the caller gets no detail of it."""
+    log.error("unexpected error on %s %s", method, path, exc_info=exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    # Logged here with the traceback; the caller gets no detail of it.
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "the server failed to answer this request; it has been logged")
+    log_unexpected(request.method, request.url.path, exc)
+    return error_response(500, "internal_error", UNEXPECTED)
 
 
 def install(app: FastAPI) -> None:

@@ -32,3 +32,20 @@ WS_MESSAGES = Counter(
     ["outcome"],
 )
 WS_IN_FLIGHT = Gauge("tillflow_api_ws_in_flight", "WebSocket messages awaiting Kafka's acknowledgement")
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_SERIES: dict[tuple[str, str, int], tuple] = {}
+
+
+def request_answered(route: str, method: str, status: int, seconds: float) -> None:
+    """Count one HTTP request (REQUESTS, REQUEST_SECONDS). The labelled children are looked up
+    once per (route, method, status) and kept: ``labels()`` validates and hashes its arguments
+    under a lock on every call. Bounded: route templates x methods x statuses."""
+    key = (route, method, status)
+    series = _SERIES.get(key)
+    if series is None:
+        label = method if method in _METHODS else "other"
+        series = _SERIES[key] = (REQUESTS.labels(route=route, method=label, status=str(status)),
+                                 REQUEST_SECONDS.labels(route=route))
+    series[0].inc()
+    series[1].observe(seconds)

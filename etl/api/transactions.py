@@ -13,25 +13,30 @@ The checks come in the order a caller can act on: token (401), media type
 (403), Kafka (503).
 
 Why bare ASGI: with one transaction per request, FastAPI's and Starlette's
-layers between uvicorn and the endpoint (exception middlewares, the router's
-matching, the Request object, dependency solving, JSONResponse) cost about as
-much CPU as the work itself (py-spy, ``bench.api`` at 500 tx/s), and on a
-2-core box that shares its CPU with three brokers, CPU is latency.
-:class:`FastPath` hands ``POST /v1/transactions`` straight to
-:class:`Transactions`; the FastAPI route of the same path stays registered
-for the OpenAPI document, for 405 on other methods, and answers through the
-same :meth:`Transactions.answer` should a request ever reach it.
+layers between uvicorn and the endpoint (the app and its middlewares, the
+router's matching, the Request object, dependency solving, JSONResponse) cost
+about as much CPU as the work itself (py-spy, ``bench.api`` at 500 tx/s), and
+on a 2-core box that shares its CPU with three brokers, CPU is latency.
+``etl.api.app.TillflowAPI`` hands ``POST /v1/transactions`` to
+:class:`Transactions` before any of them; it counts the request metrics and
+answers unexpected failures in the one error shape itself. The FastAPI route
+of the same path stays registered for the OpenAPI document and for 405 on
+other methods, and answers through the same :meth:`Transactions.answer`
+should a request ever reach it.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 from etl import metrics as etl_metrics
 from etl.api import metrics
-from etl.api.errors import RETRY_AFTER_SECONDS, ApiError, Forbidden, Unavailable, UnsupportedMedia, error_body
+from etl.api.errors import (
+    RETRY_AFTER_SECONDS, UNEXPECTED, ApiError, Forbidden, Unavailable, UnsupportedMedia, error_body, log_unexpected,
+)
 from etl.api.ingest import as_items, foreign_item, parse_json, plan
 from etl.api.publish import KafkaUnavailable
 from etl.api.spool import declared_length, receive_body
@@ -71,7 +76,8 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, st
 
 
 class Transactions:
-    """The endpoint: ``answer()`` turns one request into its status, body and headers."""
+    """The endpoint: ``answer()`` turns one request into its status, body and headers; called
+    as an ASGI app with the app's state (``TillflowAPI``), it also answers and counts it."""
 
     def __init__(self, settings: Settings) -> None:
         self._limit = settings.api_max_body_bytes
@@ -86,6 +92,18 @@ class Transactions:
         except ApiError as exc:
             return exc.status, error_body(exc.code, exc.message), [
                 (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items()]
+
+    async def __call__(self, state, scope, receive, send) -> None:
+        started = time.perf_counter()
+        try:
+            answer = await self.answer(state, scope["headers"], receive)
+        except Exception as exc:  # noqa: BLE001 - the one error shape, as for every other route
+            log_unexpected("POST", PATH, exc)
+            answer = 500, error_body("internal_error", UNEXPECTED), []
+        try:
+            await send_answer(send, answer)
+        finally:
+            metrics.request_answered(PATH, "POST", answer[0], time.perf_counter() - started)
 
     async def _accept(self, state, headers, receive) -> Answer:
         authorization, content_type, length = _headers(headers)
@@ -121,21 +139,3 @@ async def send_answer(send, answer: Answer) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [_JSON, (b"content-length", str(len(body)).encode("ascii")), *extra]})
     await send({"type": "http.response.body", "body": body})
-
-
-class FastPath:
-    """ASGI middleware: ``POST /v1/transactions`` goes to :class:`Transactions`, the rest to the app.
-
-    ``route`` (the FastAPI route of the same path) is put in the scope, as the
-    router would, so that the request metrics label it the same way."""
-
-    def __init__(self, app, endpoint: Transactions, route) -> None:
-        self.app = app
-        self.endpoint = endpoint
-        self.route = route
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
-            scope["route"] = self.route
-            return await send_answer(send, await self.endpoint.answer(scope["app"].state, scope["headers"], receive))
-        return await self.app(scope, receive, send)

@@ -72,15 +72,13 @@ class _Tokens:
 
 
 def test_the_fast_path_and_the_documented_route_answer_alike():
-    """POST /v1/transactions is answered before FastAPI's routing (etl.api.transactions.FastPath); the
-    route of the same path, in an app without the fast path, gives the same answers, and the request
+    """POST /v1/transactions is answered before FastAPI's layers (TillflowAPI.fast_path); the route
+    of the same path, in an app without the fast path, gives the same answers, and the request
     metrics label them with the route."""
     from etl.api import metrics
-    from etl.api.transactions import FastPath
 
     app, without = create_app(SETTINGS), create_app(SETTINGS)
-    without.user_middleware = [m for m in without.user_middleware if m.cls is not FastPath]
-    assert len(without.user_middleware) == len(app.user_middleware) - 1
+    without.fast_path = None
     app.state.auth = without.state.auth = _Tokens()
     # Without its route in the router, the app can answer these only through the fast path.
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/v1/transactions"]
@@ -117,3 +115,23 @@ def test_the_fast_path_and_the_documented_route_answer_alike():
         assert one.headers.get("www-authenticate") == other.headers.get("www-authenticate")
     assert fast[0].headers["www-authenticate"] == 'Bearer realm="tillflow"'
     assert fast[8].json()["error"]["code"] == "forbidden_store"
+
+
+def test_an_unexpected_failure_on_the_fast_path_is_a_500_in_the_one_shape_and_logged(caplog):
+    class Broken:
+        async def authenticate(self, header):
+            raise RuntimeError("/srv/secret/path exploded")
+
+    app = create_app(SETTINGS)
+    app.state.auth = Broken()
+
+    async def call():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            return await client.post("/v1/transactions", json={})
+
+    answer = asyncio.run(call())
+    assert answer.status_code == 500
+    assert answer.json() == {"error": {"code": "internal_error",
+                                       "message": "the server failed to answer this request; it has been logged"}}
+    assert "secret" not in answer.text
+    assert any("unexpected error on POST /v1/transactions" in r.getMessage() and r.exc_info for r in caplog.records)
