@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from consumer import metrics
 from consumer.cluster import ClusterProbe
+from etl.topics import PARTITIONS
 from tillflow.config import Settings
 
 
@@ -62,7 +63,7 @@ def test_a_stopped_broker_shows_as_down_and_its_partitions_as_under_replicated(p
         brokers, under_tx, under_rej, offline = probe_until(probe, lambda g: g[0] == 2 and g[1] > 0 and g[2] > 0)
         assert brokers == 2
         # RF 3 over 3 brokers: every partition had a replica on the stopped one.
-        assert under_tx == 6 and under_rej == 6
+        assert under_tx == PARTITIONS and under_rej == PARTITIONS
         assert offline == 0, "two replicas remain: every partition keeps a leader"
     finally:
         victim.start()

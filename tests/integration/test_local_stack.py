@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psycopg2
 import pytest
 from kafka import KafkaAdminClient
@@ -66,7 +67,7 @@ def test_local_stack_up_twice_down_up_keeps_data_and_down_leaves_nothing(stack_e
     first = local(stack_env, "up")
     assert first.returncode == 0, first.stderr
     values = read_env(root / "env")
-    assert set(values) >= {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
+    assert set(values) >= {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "TILLFLOW_API_URL"}
 
     conn = psycopg2.connect(values["DATABASE_URL"])
     with conn, conn.cursor() as cur:
@@ -96,6 +97,36 @@ def test_local_stack_up_twice_down_up_keeps_data_and_down_leaves_nothing(stack_e
                        for name in ("watcher", "consumer") if (root / "logs" / f"{name}.log").exists())
         raise AssertionError(f"the dropped file did not reach the report within 30 s:\n{out}{logs}")
 
+    # The README's curl: a token from `tillflow token create` (printed alone), one POST to
+    # TILLFLOW_API_URL, and the transaction is in the report within a second of the answer.
+    tillflow = str(Path(sys.executable).with_name("tillflow"))
+    created = subprocess.run([tillflow, "token", "create", "--store", "main", "--name", "readme"], env=report_env,
+                             capture_output=True, text=True)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("tillflow_") and created.stdout == token + "\n"
+    item = {"id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301", "transaction_date": "2026-02-01", "category": "SELL",
+            "name": "Milk", "quantity": 2, "amount_excl_tax": "2.50", "amount_inc_tax": "3.00"}
+    posted = httpx.post(values["TILLFLOW_API_URL"] + "/v1/transactions", json=item, timeout=30,
+                        headers={"Authorization": f"Bearer {token}"})
+    assert posted.status_code == 200 and posted.json()["accepted"] == 1, posted.text
+    answered = time.monotonic()
+    conn = psycopg2.connect(values["DATABASE_URL"])
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT transactions FROM analytics.daily_transactions WHERE transaction_date = '2026-02-01'")
+                if cur.fetchall() == [(1,)] or time.monotonic() - answered > 10:
+                    break
+                time.sleep(0.02)
+    finally:
+        conn.close()
+    stored_after = time.monotonic() - answered
+    assert stored_after < 1.0, f"the posted transaction reached the report's view {stored_after:.2f} s after the answer"
+    out = subprocess.run([tillflow, "report", "--format", "csv"], env=report_env, capture_output=True, text=True).stdout
+    assert "2026-02-01,1," in out, out
+
     again = local(stack_env, "up")
     assert again.returncode == 0 and "already running" in again.stdout
     running = pids(root)
@@ -109,7 +140,7 @@ def test_local_stack_up_twice_down_up_keeps_data_and_down_leaves_nothing(stack_e
     conn = psycopg2.connect(values["DATABASE_URL"])
     with conn, conn.cursor() as cur:
         cur.execute("SELECT transactions FROM analytics.daily_transactions")
-        assert cur.fetchall() == [(20,)], "data must survive down and up"
+        assert sorted(cur.fetchall()) == [(1,), (20,)], "data must survive down and up"
     conn.close()
     assert local(stack_env, "destroy").returncode == 0
     assert not (root / "data").exists()
