@@ -245,16 +245,22 @@ def ceiling(stack: Stack, n: int, seconds: float) -> dict:
     return result
 
 
-def ceiling_confluent(stack: Stack, n: int, seconds: float) -> dict:
-    """A plain confluent-kafka producer loop with the API's settings (etl.producer.producer_config, the
-    API's linger and delivery timeout): the same encoded transactions, acknowledgements served by poll()."""
+def _api_producer(stack: Stack, client_id: str, delivery_timeout_ms: int):
+    """A confluent-kafka producer with exactly the API's settings (its log lines to stderr)."""
     from confluent_kafka import Producer
 
     from etl.api.publish import api_producer_config
 
-    config = api_producer_config(stack.bootstrap.split(","), client_id="bench-api-ceiling", delivery_timeout_ms=10_000)
+    config = api_producer_config(stack.bootstrap.split(","), client_id=client_id,
+                                 delivery_timeout_ms=delivery_timeout_ms)
     config.pop("logger", None)
-    producer = Producer(config)
+    return Producer(config)
+
+
+def ceiling_confluent(stack: Stack, n: int, seconds: float) -> dict:
+    """A plain confluent-kafka producer loop with the API's settings (etl.producer.producer_config, the
+    API's linger and delivery timeout): the same encoded transactions, acknowledgements served by poll()."""
+    producer = _api_producer(stack, "bench-api-ceiling", 10_000)
     topic = stack.topics[0]
     records = _encoded(transactions(n))
     producer.produce(topic, records[0][1], b"warm-up")
@@ -312,13 +318,7 @@ def warm_up(stack: Stack, seconds: float, rate: int = 1000) -> None:
     compile their hot paths for their first half-minute of traffic (C1, devstack.kafka): p99 at
     500 tx/s was 4-10x its later value in that time, and whichever case ran first paid for it.
     Brokers in production have long been warm."""
-    from confluent_kafka import Producer
-
-    from etl.api.publish import api_producer_config
-
-    config = api_producer_config(stack.bootstrap.split(","), client_id="bench-api-warm-up", delivery_timeout_ms=30_000)
-    config.pop("logger", None)
-    producer = Producer(config)
+    producer = _api_producer(stack, "bench-api-warm-up", 30_000)
     records = _encoded(transactions(int(rate * seconds)))
     t0 = time.perf_counter()
     for i, (key, value) in enumerate(records):

@@ -56,10 +56,11 @@ from pathlib import Path
 
 import psycopg2
 
-from consumer.rows import _COPY_ESCAPES  # the consumer's own COPY escaping
+from consumer.rows import copy_text  # the consumer's own COPY escaping
 from consumer.sink import _COLUMNS as SINK_COLUMNS  # the columns the consumer COPYs, in its order
 from devstack import datagen
 from devstack.kafka import KAFKA_VERSION, KafkaCluster
+from etl.topics import PARTITIONS  # the topics' partitions, as tillflow create-topics makes them
 from devstack.postgres import NativePostgres
 from devstack.proc import free_port
 from tillflow.config import Settings
@@ -70,7 +71,6 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "ingest.json"
 DAY = datetime.date(2026, 1, 5)
 SEED = 20260105
-PARTITIONS = 6
 CEILING_RUNS = 3
 ROLES = ("owner", "writer", "reader", "backup")
 CASES = ("copy_ceiling", "consumer", "end_to_end", "all_duplicates", "pandas_to_sql")
@@ -364,7 +364,7 @@ def generate(n: int, workdir: Path) -> tuple[Path, Path]:
         def rows():
             for index, row in enumerate(datagen.rows(n, seed=SEED, start=DAY, days=1)):
                 write("\t".join((
-                    row.id, DAY.isoformat(), row.category, row.name.translate(_COPY_ESCAPES), str(row.quantity),
+                    row.id, DAY.isoformat(), row.category, copy_text(row.name).decode("utf-8"), str(row.quantity),
                     str(row.amount_excl_tax), str(row.amount_inc_tax), "main", "csv", csv_path.name,
                     str(index + 2), "0.20", str(index % PARTITIONS), str(index // PARTITIONS),
                 )) + "\n")

@@ -41,11 +41,10 @@ def request_answered(route: str, method: str, status: int, seconds: float) -> No
     """Count one HTTP request (REQUESTS, REQUEST_SECONDS). The labelled children are looked up
     once per (route, method, status) and kept: ``labels()`` validates and hashes its arguments
     under a lock on every call. Bounded: route templates x methods x statuses."""
-    key = (route, method, status)
+    key = (route, method if method in _METHODS else "other", status)
     series = _SERIES.get(key)
     if series is None:
-        label = method if method in _METHODS else "other"
-        series = _SERIES[key] = (REQUESTS.labels(route=route, method=label, status=str(status)),
+        series = _SERIES[key] = (REQUESTS.labels(route=route, method=key[1], status=str(status)),
                                  REQUEST_SECONDS.labels(route=route))
     series[0].inc()
     series[1].observe(seconds)
