@@ -9,7 +9,15 @@ offset commit replays the batch, and replaying is a no-op:
   nothing written;
 * the same id with different content keeps the stored version and records the
   conflict once (``ingest.conflicts`` is unique on the record's Kafka position);
-* a reject is stored once (``ingest.rejects``, unique on its Kafka position).
+* a reject is stored once (``ingest.rejects``, unique on its Kafka position);
+* a record whose id another record stored, with the same content, is noted
+  once in ``ingest.duplicates`` (unique on its Kafka position), so a file's
+  control totals add up (``tillflow reconcile``); found at its own position,
+  it is this record replayed, and nothing is noted.
+
+The rollups (``sales.daily_*_totals``) are kept by a trigger on
+``sales.transactions`` in the same transaction, from the rows the COPY really
+inserted: whatever is retried or rolled back here is counted exactly once.
 
 The fast path COPYs a batch of new rows straight into ``sales.transactions``:
 no staging table, no ``ON CONFLICT``, and, while batches keep being new, no
@@ -50,13 +58,20 @@ log = logging.getLogger(__name__)
 # A row's own columns (consumer.rows.TransactionRow), then what the sink adds.
 _COLUMNS = (*ROW_COLUMNS, "tax_rate", "kafka_partition", "kafka_offset")
 _COPY_SQL = f"COPY sales.transactions ({', '.join(_COLUMNS)}) FROM STDIN"
-# The stored version as the same COPY text a row holds, to compare them as bytes.
+# The stored version as the same COPY text a row holds, to compare them as bytes,
+# then the Kafka position it was stored from (a record found at its own position
+# is a replay of itself, not a duplicate).
 _LOOKUP_SQL = (
     "SELECT id::text, to_char(transaction_date, 'YYYY-MM-DD'), category, name, quantity::text,"
-    " amount_excl_tax::text, amount_inc_tax::text, store_id FROM sales.transactions WHERE id = ANY(%s::uuid[])"
+    " amount_excl_tax::text, amount_inc_tax::text, store_id, kafka_partition, kafka_offset"
+    " FROM sales.transactions WHERE id = ANY(%s::uuid[])"
 )
 _CONFLICT_SQL = (
     "INSERT INTO ingest.conflicts (transaction_id, stored, incoming, source, source_ref, source_line,"
+    " kafka_topic, kafka_partition, kafka_offset) VALUES %s ON CONFLICT DO NOTHING"
+)
+_DUPLICATE_SQL = (
+    "INSERT INTO ingest.duplicates (transaction_id, source, source_ref, source_line,"
     " kafka_topic, kafka_partition, kafka_offset) VALUES %s ON CONFLICT DO NOTHING"
 )
 _REJECT_SQL = (
@@ -108,9 +123,16 @@ def _content(key: bytes, content: Sequence[bytes]) -> dict[str, object]:
     return doc
 
 
-def _stored(row: tuple) -> tuple[bytes, ...]:
-    """A looked-up row's content columns as COPY text (comparable with TransactionRow.content())."""
-    return tuple(copy_text(value) for value in row[1:])
+class _Stored(NamedTuple):
+    """A looked-up row: its content as COPY text (comparable with TransactionRow.content()) and where it came from."""
+
+    content: tuple[bytes, ...]
+    partition: int | None
+    offset: int | None
+
+
+def _stored(row: tuple) -> _Stored:
+    return _Stored(tuple(copy_text(value) for value in row[1:8]), row[8], row[9])
 
 
 def _copy_lines(rows: Sequence[tuple[TransactionRow, Position]], tax_rate: bytes) -> Iterator[bytes]:
@@ -210,6 +232,12 @@ class PostgresSink:
                 attempt += 1
                 log.info("batch raced another writer (attempt %d): %s", attempt, first_line(exc))
                 continue
+            except psycopg2.extensions.TransactionRollbackError as exc:
+                # A deadlock or serialization failure rolled the batch back whole
+                # (rows and rollups): nothing is half-written, so try it again.
+                attempt += 1
+                log.warning("batch rolled back by PostgreSQL (attempt %d): %s", attempt, first_line(exc))
+                continue
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 self.close()
                 raise SinkUnavailable(f"PostgreSQL is unavailable: {first_line(exc)}") from exc
@@ -221,7 +249,7 @@ class PostgresSink:
                             *, lookup: bool = True) -> None:
         if not items:
             return
-        stored: dict[bytes, tuple[bytes, ...]] = {}
+        stored: dict[bytes, _Stored] = {}
         if lookup:
             cur.execute(_LOOKUP_SQL, (list({row.id.decode("ascii") for row, _ in items}),))
             stored = {found[0].encode("ascii"): _stored(found) for found in cur.fetchall()}
@@ -229,17 +257,22 @@ class PostgresSink:
         fresh: dict[bytes, TransactionRow] = {}  # first version of each new id in this batch
         rows: list[tuple[TransactionRow, Position]] = []
         conflicts: list[tuple] = []
+        duplicates: list[tuple] = []
         for item in items:
-            row = item[0]
+            row, pos = item
             key = row.id
             if key in stored:
-                if stored[key] == row.content():
-                    result.duplicates += 1
-                else:
-                    conflicts.append(self._conflict(stored[key], *item))
+                found = stored[key]
+                if found.content != row.content():
+                    conflicts.append(self._conflict(found.content, *item))
+                    continue
+                result.duplicates += 1
+                if (found.partition, found.offset) != (pos.partition, pos.offset):
+                    duplicates.append(_duplicate(row, pos))  # else: this very record, replayed
             elif key in fresh:
                 if fresh[key].content() == row.content():
                     result.duplicates += 1
+                    duplicates.append(_duplicate(row, pos))
                 else:
                     conflicts.append(self._conflict(fresh[key].content(), *item))
             else:
@@ -251,6 +284,8 @@ class PostgresSink:
         if conflicts:
             psycopg2.extras.execute_values(cur, _CONFLICT_SQL, conflicts, page_size=500)
             result.conflicts += cur.rowcount if cur.rowcount >= 0 else len(conflicts)
+        if duplicates:
+            psycopg2.extras.execute_values(cur, _DUPLICATE_SQL, duplicates, page_size=500)
 
     @staticmethod
     def _conflict(stored: Sequence[bytes], row: TransactionRow, pos: Position) -> tuple:
@@ -305,6 +340,12 @@ class IsolatingSink(PostgresSink):
         if batch.rejects:
             _add(total, super().write(Batch(rejects=batch.rejects)))
         return total
+
+
+def _duplicate(row: TransactionRow, pos: Position) -> tuple:
+    """An ``ingest.duplicates`` row: which file (and line) sent a stored transaction again."""
+    return (plain_text(row.id), plain_text(row.source), plain_text(row.source_ref), _line(row),
+            pos.topic, pos.partition, pos.offset)
 
 
 def _line(row: TransactionRow) -> int | None:

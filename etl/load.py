@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from decimal import Decimal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ class LoadSummary:
     first_reasons: list[str] = field(default_factory=list)
     reason_counts: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    # Control totals of the rows published as transactions (tillflow reconcile).
+    amount_excl_tax: Decimal = Decimal("0.00")
+    amount_inc_tax: Decimal = Decimal("0.00")
 
     def render(self) -> str:
         line = f"{self.name}: {self.read} rows read, {self.accepted} accepted, {self.rejected} rejected"
@@ -129,7 +133,8 @@ class Loader:
             if self.ledger is not None and upload_id is not None:
                 try:
                     self.ledger.finish(upload_id, read=summary.read, accepted=summary.accepted,
-                                       rejected=summary.rejected, ok=ok)
+                                       rejected=summary.rejected, ok=ok,
+                                       amounts=(summary.amount_excl_tax, summary.amount_inc_tax))
                 except TillflowError as exc:
                     if ok:
                         raise
@@ -144,11 +149,14 @@ class Loader:
         topic_rej = self.settings.topic_rejects
         send = self.publisher.send
         accepted = rejected = 0
+        excl = inc = 0
         for item in chunk:
             if isinstance(item, Transaction):
                 key, value = transaction_record(item)
                 send(topic_tx, key, value)
                 accepted += 1
+                excl += item.amount_excl_tax
+                inc += item.amount_inc_tax
             else:
                 send(topic_rej, key_for(item.id), encode_reject(item))
                 rejected += 1
@@ -161,6 +169,8 @@ class Loader:
         summary.read += accepted + rejected
         summary.accepted += accepted
         summary.rejected += rejected
+        summary.amount_excl_tax += excl
+        summary.amount_inc_tax += inc
         metrics.RECORDS.labels(source=source, outcome="accepted").inc(accepted)
         metrics.RECORDS.labels(source=source, outcome="rejected").inc(rejected)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
@@ -59,11 +60,16 @@ class UploadLedger:
         )
         return upload_id
 
-    def finish(self, upload_id: uuid.UUID, *, read: int, accepted: int, rejected: int, ok: bool) -> None:
+    def finish(self, upload_id: uuid.UUID, *, read: int, accepted: int, rejected: int, ok: bool,
+               amounts: tuple[Decimal, Decimal] | None = None) -> None:
+        """Close the upload with its counts and, for ``tillflow reconcile``, the sums of
+        ``amount_excl_tax`` and ``amount_inc_tax`` over the rows published as transactions."""
+        excl, inc = amounts if amounts is not None else (None, None)
         self._execute(
             "UPDATE ingest.uploads SET rows_read = %s, rows_accepted = %s, rows_rejected = %s,"
+            " amount_excl_tax_accepted = %s, amount_inc_tax_accepted = %s,"
             " status = %s, finished_at = now() WHERE id = %s",
-            (read, accepted, rejected, "published" if ok else "failed", str(upload_id)),
+            (read, accepted, rejected, excl, inc, "published" if ok else "failed", str(upload_id)),
         )
 
     def published(self, sha256: str) -> bool:

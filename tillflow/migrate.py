@@ -125,8 +125,13 @@ def apply_migrations(
     *,
     role_passwords: Mapping[str, str] | None = None,
     migrations_dir: Path | None = None,
+    up_to: int | None = None,
 ) -> list[str]:
-    """Apply the pending migrations and set role passwords; return the file names applied now."""
+    """Apply the pending migrations and set role passwords; return the file names applied now.
+
+    ``up_to`` (a version number, 8 for ``0008_*.sql``) stops after that migration: an older
+    release's schema, for upgrade tests and benchmarks.
+    """
     passwords = dict(role_passwords or {})
     unknown = sorted(set(passwords) - set(ROLE_NAMES))
     if unknown:
@@ -138,6 +143,8 @@ def apply_migrations(
         _run(conn, "creating tillflow_meta.schema_migrations", _create_version_table)
         applied = _run(conn, "reading tillflow_meta.schema_migrations", _read_applied)
         pending = _check_history(migrations, applied)
+        if up_to is not None:
+            pending = [m for m in pending if m.version <= up_to]
         done = []
         for migration in pending:
             _run(conn, f"migration {migration.name}", partial(_apply_one, migration=migration), source=migration.sql)

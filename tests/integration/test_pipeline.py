@@ -15,7 +15,8 @@ import pytest
 from devstack import datagen
 from etl.topics import PARTITIONS
 from support.pipeline import (
-    consume_until_idle, expected, query, start_consumer, stored, tillflow, topic_size, wait_for,
+    assert_rollups_match, consume_until_idle, expected, query, start_consumer, stored, tillflow, topic_size,
+    wait_for,
 )
 
 DAY = datetime.date(2026, 1, 5)
@@ -70,6 +71,14 @@ def test_same_file_three_times_and_twice_concurrently_is_stored_once(env, migrat
     assert stored(migrated_db) == expected(items)
     assert query(migrated_db, "SELECT count(*) FROM ingest.conflicts") == [(0,)]
     assert query(migrated_db, "SELECT count(*) FROM ingest.uploads WHERE status = 'published'") == [(5,)]
+    # Four loads' rows were duplicates of the first's: each noted once, from the file's own lines.
+    assert query(migrated_db, "SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)),"
+                              " count(DISTINCT transaction_id), min(source_ref) FROM ingest.duplicates") == [
+        (4 * len(items), 4 * len(items), len(items), path.name)]
+    assert_rollups_match(migrated_db)
+    ((excl, inc),) = query(migrated_db, "SELECT DISTINCT amount_excl_tax_accepted, amount_inc_tax_accepted"
+                                        " FROM ingest.uploads")
+    assert (excl, inc) == (sum(r.amount_excl_tax for r in items), sum(r.amount_inc_tax for r in items))
 
 
 def test_overlapping_file_adds_only_the_new_rows(env, migrated_db, tmp_path):
@@ -83,6 +92,9 @@ def test_overlapping_file_adds_only_the_new_rows(env, migrated_db, tmp_path):
     tillflow(env, "load", str(evening))
     consume_until_idle(env)
     assert stored(migrated_db) == expected(items)
+    assert_rollups_match(migrated_db)
+    assert {i for (i,) in query(migrated_db, "SELECT transaction_id::text FROM ingest.duplicates")} == {
+        r.id for r in items[100:250]}, "the evening file's rows already stored from the morning's"
 
 
 def test_conflicting_duplicate_keeps_the_first_version_and_records_both(env, migrated_db, tmp_path):
@@ -169,6 +181,7 @@ def test_postgres_down_for_30s_loses_nothing_and_doubles_nothing(env, migrated_d
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     assert stored(migrated_db) == expected(items)
+    assert_rollups_match(migrated_db)
     log = (tmp_path / "consumer.log").read_text()
     assert log.count("PostgreSQL unavailable") == 1, "one log line per state change"
     assert log.count("PostgreSQL is back") == 1
@@ -190,6 +203,8 @@ def test_consumer_sigkilled_mid_stream_and_restarted_stores_each_id_once(env, mi
     assert stored(migrated_db) == expected(items)  # a dict: an id stored twice could not even be represented
     assert query(migrated_db, "SELECT count(*), count(DISTINCT id) FROM sales.transactions") == [
         (len(items), len(items))]
+    assert_rollups_match(migrated_db)
+    assert query(migrated_db, "SELECT count(*) FROM ingest.duplicates") == [(0,)], "replays are not duplicates"
 
 
 @pytest.mark.slow
@@ -208,6 +223,7 @@ def test_two_consumers_share_the_partitions(env, migrated_db, tmp_path):
     assert stored(migrated_db) == expected(items)
     partitions = query(migrated_db, "SELECT count(DISTINCT kafka_partition) FROM sales.transactions")
     assert partitions == [(PARTITIONS,)]
+    assert_rollups_match(migrated_db)
 
 
 def test_report_answers_equal_an_independent_computation(env, migrated_db, tmp_path):

@@ -81,3 +81,53 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.25) -> None:
             return
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# The rollups' columns after their key, in table order (postgres/migrations/0009_rollups.sql).
+ROLLUP_COLUMNS = ("sell_transactions", "sell_quantity", "sell_amount_excl_tax", "sell_amount_inc_tax",
+                  "buy_transactions", "buy_quantity", "buy_amount_excl_tax", "buy_amount_inc_tax")
+
+
+def rollups(db) -> dict[str, dict[tuple, tuple]]:
+    """The rollup tables as stored: table -> key -> aggregates."""
+    found = {}
+    for table, key in (("daily_store_totals", "store_id"), ("daily_product_totals", "name")):
+        rows = query(db, f"SELECT transaction_date, {key}, {', '.join(ROLLUP_COLUMNS)} FROM sales.{table}")
+        found[table] = {(r[0], r[1]): tuple(r[2:]) for r in rows}
+    return found
+
+
+def rollups_from_raw(db) -> dict[str, dict[tuple, tuple]]:
+    """The rollups computed here, in Python with Decimal, from the stored rows."""
+    from collections import defaultdict
+    from decimal import Decimal
+
+    synthetic = {s for (s,) in query(db, "SELECT store_id FROM sales.synthetic_stores")}
+    zero = Decimal("0.00")
+    stores: dict[tuple, list] = defaultdict(lambda: [0, 0, zero, zero, 0, 0, zero, zero])
+    products: dict[tuple, list] = defaultdict(lambda: [0, 0, zero, zero, 0, 0, zero, zero])
+    for day, store, name, category, quantity, excl, inc in query(
+            db, "SELECT transaction_date, store_id, name, category, quantity, amount_excl_tax, amount_inc_tax"
+                " FROM sales.transactions"):
+        at = 0 if category == "SELL" else 4
+        targets = [stores[(day, store)]] + ([] if store in synthetic else [products[(day, name)]])
+        for totals in targets:
+            totals[at] += 1
+            totals[at + 1] += quantity
+            totals[at + 2] += excl
+            totals[at + 3] += inc
+    return {"daily_store_totals": {k: tuple(v) for k, v in stores.items()},
+            "daily_product_totals": {k: tuple(v) for k, v in products.items()}}
+
+
+def assert_rollups_match(db) -> None:
+    """Both rollups hold exactly the aggregates of the stored rows: no key missing or extra, every sum exact."""
+    want, got = rollups_from_raw(db), rollups(db)
+    for table in want:
+        missing = sorted(set(want[table]) - set(got[table]), key=repr)
+        extra = sorted(set(got[table]) - set(want[table]), key=repr)
+        wrong = {k: (got[table][k], want[table][k]) for k in want[table].keys() & got[table].keys()
+                 if got[table][k] != want[table][k]}
+        assert not (missing or extra or wrong), (
+            f"sales.{table} differs from its rows: missing {missing[:5]}, extra {extra[:5]},"
+            f" wrong (stored, computed) {list(wrong.items())[:5]}")
