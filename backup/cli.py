@@ -132,5 +132,5 @@ def cli_schedule(settings: Settings) -> int:
     ctx = _context(settings)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
-    Scheduler(ctx, settings.backup_schedule, settings.backup_verify_schedule).run()
+    Scheduler(ctx, settings.backup_schedule, settings.backup_verify_schedule, settings.reconcile_schedule).run()
     return 0

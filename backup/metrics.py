@@ -1,15 +1,21 @@
-"""The backup's Prometheus metrics, declared once; ``result`` is success or failure.
+"""The backup service's Prometheus metrics, declared once; ``result`` is success or failure.
 
 The alerting rules rely on these names. Gauges describe the backups on disk,
 so ``refresh`` sets them from the directory when the scheduler starts: a
 restarted container reports the age of the real newest backup, not zero.
 ``tillflow_backup_last_verify_ok`` is NaN until a verification has run.
+
+The service also runs ``tillflow reconcile`` (``tillflow.reconcile``):
+``tillflow_reconcile_differences{check="rollups"|"files"}`` holds what the last
+completed run found (NaN until one completed; a run that could not complete
+leaves it as it was and sets ``tillflow_reconcile_last_success`` to 0).
 """
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, start_http_server
 
 from backup.store import Backup
+from tillflow.reconcile import CHECKS, Result
 
 LAST_SUCCESS = Gauge(
     "tillflow_backup_last_success_timestamp_seconds", "When the newest complete backup was taken (Unix time)"
@@ -26,10 +32,33 @@ LAST_VERIFY_OK = Gauge(
 RUNS = Counter("tillflow_backup_runs_total", "Backup runs by result", ["result"])
 VERIFY_DURATION = Gauge("tillflow_backup_verify_duration_seconds", "How long the last verification pass took")
 
+RECONCILE_DIFFERENCES = Gauge(
+    "tillflow_reconcile_differences",
+    "Values that differ in the last completed reconciliation: rollups against the rows they sum, or a file's "
+    "control totals against where its rows ended (NaN: none completed yet)",
+    ["check"],
+)
+RECONCILE_PENDING = Gauge(
+    "tillflow_reconcile_pending_files", "Files the last completed reconciliation left for later: still settling"
+)
+RECONCILE_LAST_RUN = Gauge(
+    "tillflow_reconcile_last_run_timestamp_seconds",
+    "When the last reconciliation ended, whatever its result (Unix time)",
+)
+RECONCILE_LAST_SUCCESS = Gauge(
+    "tillflow_reconcile_last_success",
+    "1 if the last reconciliation completed its checks (whatever it found), 0 if it could not (NaN: none yet)",
+)
+RECONCILE_DURATION = Gauge("tillflow_reconcile_duration_seconds", "How long the last reconciliation took")
+
 RESULTS = ("success", "failure")
 for _result in RESULTS:
     RUNS.labels(result=_result)
 LAST_VERIFY_OK.set(float("nan"))
+for _check in CHECKS:
+    RECONCILE_DIFFERENCES.labels(check=_check).set(float("nan"))
+RECONCILE_PENDING.set(float("nan"))
+RECONCILE_LAST_SUCCESS.set(float("nan"))
 
 
 def refresh(backups: list[Backup]) -> None:
@@ -64,6 +93,22 @@ def verification_done(ok: bool, duration: float, newest_verified: Backup | None)
     VERIFY_DURATION.set(duration)
     if newest_verified is not None:
         LAST_VERIFIED.set(newest_verified.manifest.created.timestamp())
+
+
+def reconcile_done(result: Result, duration: float, ended: float) -> None:
+    for check in CHECKS:
+        RECONCILE_DIFFERENCES.labels(check=check).set(result.differences(check))
+    if result.files is not None:
+        RECONCILE_PENDING.set(result.files.pending)
+    RECONCILE_LAST_SUCCESS.set(1)
+    RECONCILE_LAST_RUN.set(ended)
+    RECONCILE_DURATION.set(duration)
+
+
+def reconcile_failed(duration: float, ended: float) -> None:
+    RECONCILE_LAST_SUCCESS.set(0)
+    RECONCILE_LAST_RUN.set(ended)
+    RECONCILE_DURATION.set(duration)
 
 
 def serve(port: int) -> None:

@@ -12,6 +12,12 @@ logged and counted, and the loop goes on. SIGTERM stops a running pg_dump or
 pg_restore, removes its partial files, and ends the loop (exit 0): a dump can
 outlast any stop grace period, an interrupted one leaves nothing behind, and
 the catch-up takes it again at the next start.
+
+With ``RECONCILE_SCHEDULE`` it also runs ``tillflow reconcile`` (every date,
+every settled file; ``tillflow.reconcile``): at start, after each backup, and
+on that schedule, and exports the result (``tillflow_reconcile_*``, see
+``backup.metrics``). Differences are logged and exported, never fatal; a run
+that cannot reach the database sets ``tillflow_reconcile_last_success`` to 0.
 """
 from __future__ import annotations
 
@@ -19,11 +25,14 @@ import datetime
 import logging
 import time
 
+import psycopg2
 from croniter import croniter
 
 from backup import dump, metrics, verify
 from backup.context import Context
 from backup.errors import BackupError, Cancelled
+from tillflow import reconcile
+from tillflow.errors import SinkError, TillflowError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +53,12 @@ def first_due(expression: str, now: datetime.datetime, last_done: datetime.datet
 
 
 class Scheduler:
-    def __init__(self, ctx: Context, backup_schedule: str, verify_schedule: str) -> None:
+    def __init__(self, ctx: Context, backup_schedule: str, verify_schedule: str,
+                 reconcile_schedule: str | None = None) -> None:
         self.ctx = ctx
         self.backup_schedule = backup_schedule
         self.verify_schedule = verify_schedule
+        self.reconcile_schedule = reconcile_schedule  # None: no reconciliation
         self.stop = ctx.tools.stop
 
     def run(self) -> None:
@@ -57,19 +68,28 @@ class Scheduler:
         fulls = [b.verifications["full"].moment for b in backups if "full" in b.verifications]
         next_backup = first_due(self.backup_schedule, now, backups[0].manifest.created if backups else None)
         next_verify = first_due(self.verify_schedule, now, max(fulls) if fulls else None)
-        log.info("backup schedule %r (next %s), verification %r (next %s), UTC", self.backup_schedule,
-                 next_backup.isoformat(timespec="minutes"), self.verify_schedule,
-                 next_verify.isoformat(timespec="minutes"))
+        # Nothing records when it last ran: at once, so a restarted service exports a result soon.
+        next_reconcile = now if self.reconcile_schedule else None
+        log.info("backup schedule %r (next %s), verification %r (next %s), reconciliation %r, UTC",
+                 self.backup_schedule, next_backup.isoformat(timespec="minutes"), self.verify_schedule,
+                 next_verify.isoformat(timespec="minutes"), self.reconcile_schedule or "off")
         while not self.stop.is_set():
             now = self.ctx.clock()
             if now >= next_backup:
                 self.backup()
                 next_backup = next_fire(self.backup_schedule, self.ctx.clock())
+                if self.reconcile_schedule and not self.stop.is_set():
+                    self.reconcile()
+                    next_reconcile = next_fire(self.reconcile_schedule, self.ctx.clock())
             elif now >= next_verify:
                 self.verify()
                 next_verify = next_fire(self.verify_schedule, self.ctx.clock())
+            elif next_reconcile is not None and now >= next_reconcile:
+                self.reconcile()
+                next_reconcile = next_fire(self.reconcile_schedule, self.ctx.clock())
             else:
-                wait = (min(next_backup, next_verify) - now).total_seconds()
+                due = min(moment for moment in (next_backup, next_verify, next_reconcile) if moment is not None)
+                wait = (due - now).total_seconds()
                 self.stop.wait(min(max(wait, 0.0), _MAX_SLEEP))
         log.info("stopped")
 
@@ -107,3 +127,36 @@ class Scheduler:
                 log.exception("verification failed unexpectedly")
         newest = next((b for b in self.ctx.store.backups() if b.fully_verified), None)
         metrics.verification_done(ok, time.monotonic() - started, newest)
+
+    def reconcile(self) -> None:
+        """``tillflow reconcile`` over every date and settled file, into the metrics and the log."""
+        started = time.monotonic()
+        try:
+            server = self.ctx.need_server()
+            try:
+                conn = server.connect(application="tillflow-reconcile")
+            except psycopg2.Error as exc:
+                raise SinkError(f"cannot connect to PostgreSQL at {server.where()} to reconcile: "
+                                f"{first_line(exc)}") from exc
+            try:
+                result = reconcile.run(conn)
+            finally:
+                conn.close()
+        except Exception as exc:  # noqa: BLE001 - the service must outlive any one failed run
+            metrics.reconcile_failed(time.monotonic() - started, self.ctx.clock().timestamp())
+            if isinstance(exc, TillflowError):
+                log.error("reconciliation could not run: %s", exc)
+            else:
+                log.exception("reconciliation failed unexpectedly")
+            return
+        metrics.reconcile_done(result, time.monotonic() - started, self.ctx.clock().timestamp())
+        pending = result.files.pending if result.files is not None else 0
+        if result.ok:
+            log.info("reconciliation: every total agrees (%d files checked, %d pending)",
+                     result.files.checked if result.files is not None else 0, pending)
+            return
+        shown = [*(d for check in result.rollups for d in check.shown),
+                 *(result.files.shown if result.files is not None else ())]
+        log.error("reconciliation: %d rollup and %d file differences%s; tillflow reconcile lists them",
+                  result.differences("rollups"), result.differences("files"),
+                  f", first: {reconcile.describe(shown[0])}" if shown else "")

@@ -9,7 +9,11 @@ contents and finds the data of ``sales.transactions`` in it.
 quick, then ``pg_restore --exit-on-error`` of the dump into a scratch database
 that the backup role creates (it has CREATEDB for this alone, see migration
 0007), then the row count and content checksum of ``sales.transactions``
-compared with the manifest. The scratch database is dropped whatever happens,
+compared with the manifest, and the rollups (``sales.daily_store_totals``,
+``sales.daily_product_totals``) reconciled with the restored rows
+(``tillflow.reconcile``; a backup taken before migration 0009 has none): a
+backup whose totals disagree with its rows would restore wrong dashboards.
+The scratch database is dropped whatever happens,
 and one left by a killed job is dropped by the next. Objects are restored
 without owners and privileges (``--no-owner --no-acl``): the backup role is no
 member of ``tillflow_owner``; ``restore``, as a superuser, restores both.
@@ -36,7 +40,8 @@ from backup.errors import BackupError, VerifyError
 from backup.manifest import FileInfo, Manifest, Verification, iso
 from backup.store import Backup, Store, reading, sha256_of
 from backup.tools import Server, Tools
-from tillflow.errors import first_line
+from tillflow import reconcile
+from tillflow.errors import SinkError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +123,8 @@ def full_check(backup: Backup, tools: Tools, server: Server, *, jobs: int) -> st
             raise VerifyError(str(exc)) from exc
         found = database.content_of(server, scratch)
         compare(manifest, found.rows, found.checksum, where=f"scratch database {scratch}")
-        return f"restored into {scratch}: {found.rows} rows, checksum {found.checksum} as in the manifest"
+        rollups = check_rollups(server, scratch)
+        return f"restored into {scratch}: {found.rows} rows, checksum {found.checksum} as in the manifest; {rollups}"
     finally:
         try:
             with admin.cursor() as cur:
@@ -135,6 +141,36 @@ def compare(manifest: Manifest, rows: int, checksum: str, *, where: str) -> None
             f"{where} holds {rows} rows of {expected.table} with checksum {checksum}; backup {manifest.name} "
             f"recorded {expected.rows} rows with checksum {expected.checksum}"
         )
+
+
+def check_rollups(server: Server, dbname: str) -> str:
+    """Reconcile the rollups of ``dbname`` with its rows; raise VerifyError if any value differs."""
+    conn = database.connect(server, dbname)
+    try:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('sales.daily_store_totals') IS NOT NULL")
+                (present,) = cur.fetchone()
+            conn.rollback()
+        except psycopg2.Error as exc:
+            raise BackupError(f"reading {server.where(dbname)} failed: {first_line(exc)}") from exc
+        if not present:
+            return "no rollups to reconcile (taken before migration 0009)"
+        try:
+            result = reconcile.run(conn, files=False)
+        except SinkError as exc:
+            raise BackupError(f"reconciling the rollups in {server.where(dbname)}: {exc}") from exc
+    finally:
+        conn.close()
+    keys = sum(check.keys for check in result.rollups)
+    if result.ok:
+        return f"the rollups agree with the rows ({keys} keys)"
+    first = next(d for check in result.rollups for d in check.shown)
+    raise VerifyError(
+        f"scratch database {dbname}: the rollups differ from sales.transactions in {result.total} "
+        f"value{'' if result.total == 1 else 's'} "
+        f"(of {keys} keys); first: {reconcile.describe(first)}"
+    )
 
 
 def _drop_stale_scratch(cur) -> None:

@@ -36,6 +36,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError("must be 0 seconds or more")
+    return value
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from tillflow.config import Settings
     from tillflow.migrate import cli_migrate
@@ -83,6 +93,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from tillflow.report import cli_report
 
     return cli_report(Settings.from_env(need_database=True), args.product, args.format)
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from tillflow.config import Settings
+    from tillflow.reconcile import cli_reconcile
+
+    if args.date_from and args.date_to and args.date_from > args.date_to:
+        args.usage_error(f"--from {args.date_from} is after --to {args.date_to}")
+    return cli_reconcile(Settings.from_env(need_database=True), date_from=args.date_from, date_to=args.date_to,
+                         settle_seconds=args.settle, fmt=args.format)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -168,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", _cmd_report, "print the business answers from the analytics views")
     p.add_argument("--product", help="only this product's balance by date")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
+
+    p = add("reconcile", _cmd_reconcile,
+            "check the rollups and each file's control totals against the stored rows; exit 1 if any differs "
+            "(as tillflow_backup or the owner)")
+    p.set_defaults(usage_error=p.error)
+    p.add_argument("--from", dest="date_from", type=_date, metavar="YYYY-MM-DD",
+                   help="first transaction date of the rollups, and first day (UTC) a checked file finished loading")
+    p.add_argument("--to", dest="date_to", type=_date, metavar="YYYY-MM-DD",
+                   help="last transaction date of the rollups, and last day (UTC) a checked file finished loading")
+    p.add_argument("--settle", type=_non_negative_seconds, default=600.0, metavar="SECONDS",
+                   help="a file whose load finished less than this long ago is pending, not compared (default 600)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
 
     add("serve", _cmd_serve, "run the HTTP API and the WebSocket stream (API_HOST:API_PORT)")
 

@@ -296,6 +296,34 @@ def test_a_full_verification_catches_what_the_checksums_cannot(migrated_db, tmp_
     assert not {d for d in databases(migrated_db) if d.startswith(verify.SCRATCH_PREFIX)}, "scratch databases dropped"
 
 
+def test_a_full_verification_reconciles_the_rollups_of_the_restored_copy(migrated_db, tmp_path):
+    """Invariant: the restore test recomputes the rollups from the restored rows; a backup
+    whose totals disagree with its rows fails it, naming the key and column."""
+    insert(migrated_db, 1500, seed=21)
+    written = list(datagen.rows(1500, seed=21))
+    keys = len({(r.transaction_date, "main") for r in written}) + len({(r.transaction_date, r.name) for r in written})
+    ctx = context(migrated_db.url("backup"), tmp_path)
+    clean = dump.run(ctx).backup
+    [_, (_, full)] = verify.run_pass(ctx, [clean.name], full=True)
+    assert full.ok and full.detail.endswith(f"as in the manifest; the rollups agree with the rows ({keys} keys)")
+
+    day = min(r.transaction_date for r in written)
+    with contextlib.closing(migrated_db.connect("postgres")) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE sales.daily_store_totals SET buy_transactions = buy_transactions + 1"
+                    " WHERE transaction_date = %s AND store_id = 'main'", (day,))
+    later = context(migrated_db.url("backup"), tmp_path, clock=StepClock(utcnow() + datetime.timedelta(seconds=5)))
+    tampered = dump.run(later).backup
+    assert tampered.manifest.transactions.checksum == clean.manifest.transactions.checksum, "the rows are the same"
+    [(_, quick), (_, full)] = verify.run_pass(ctx, [tampered.name], full=True)
+    assert quick.ok and not full.ok
+    assert "the rollups differ from sales.transactions in 1 value (of" in full.detail
+    assert full.detail.endswith(f"first: sales.daily_store_totals {day} store_id='main' buy_transactions: "
+                                f"rollup {sum(r.category == 'BUY' for r in written if r.transaction_date == day) + 1}, "
+                                f"recomputed {sum(r.category == 'BUY' for r in written if r.transaction_date == day)}")
+    assert not Store(tmp_path).load(tampered.name).fully_verified
+    assert not {d for d in databases(migrated_db) if d.startswith(verify.SCRATCH_PREFIX)}, "scratch databases dropped"
+
+
 def test_writes_during_a_backup_are_not_in_it_and_the_manifest_agrees(migrated_db, tmp_path):
     """Invariant: the dump and its manifest's count and checksum come from one snapshot,
     whatever is written while pg_dump runs."""
@@ -515,8 +543,8 @@ def metric(port: int, name: str) -> float | None:
 
 
 def test_the_backup_service_catches_up_exports_metrics_and_stops_on_sigterm(migrated_db, tmp_path):
-    """Invariant: a fresh service takes a backup and restore-tests it at once, exports
-    both times and the verdict, and exits 0 on SIGTERM."""
+    """Invariant: a fresh service takes a backup, reconciles and restore-tests it at once,
+    exports both times, the verdict and the reconciliation, and exits 0 on SIGTERM."""
     insert(migrated_db, 300, seed=18)
     port = free_port()
     env = {"DATABASE_URL": migrated_db.url("backup"), "BACKUP_DIR": str(tmp_path), "METRICS_PORT": str(port)}
@@ -540,6 +568,11 @@ def test_the_backup_service_catches_up_exports_metrics_and_stops_on_sigterm(migr
         assert metric(port, "tillflow_backup_size_bytes") == backup.manifest.size_bytes
         assert metric(port, 'tillflow_backup_runs_total{result="success"}') == 1
         assert backup.fully_verified
+        # tillflow reconcile ran after the backup, as the backup role: everything agrees.
+        assert metric(port, "tillflow_reconcile_last_success") == 1
+        assert metric(port, 'tillflow_reconcile_differences{check="rollups"}') == 0
+        assert metric(port, 'tillflow_reconcile_differences{check="files"}') == 0
+        assert metric(port, "tillflow_reconcile_last_run_timestamp_seconds") >= created
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

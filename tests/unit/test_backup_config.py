@@ -72,5 +72,5 @@ def test_a_bindir_without_the_client_programs_is_refused(tmp_path):
 def test_env_example_documents_every_backup_variable():
     text = (Path(__file__).resolve().parents[2] / ".env.example").read_text(encoding="utf-8")
     for name in ("BACKUP_DIR", "BACKUP_SCHEDULE", "BACKUP_VERIFY_SCHEDULE", "BACKUP_KEEP_DAILY",
-                 "BACKUP_KEEP_WEEKLY", "BACKUP_RESTORE_JOBS", "PG_BINDIR"):
+                 "BACKUP_KEEP_WEEKLY", "BACKUP_RESTORE_JOBS", "PG_BINDIR", "RECONCILE_SCHEDULE"):
         assert f"\n{name}=" in text or f"\n# {name}=" in text, f".env.example does not document {name}"

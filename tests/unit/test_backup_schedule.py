@@ -16,6 +16,8 @@ from backup.context import Context
 from backup.errors import BackupError
 from backup.store import Store
 from backup.tools import Tools
+from tillflow import reconcile
+from tillflow.errors import SinkError
 
 UTC = datetime.timezone.utc
 
@@ -131,3 +133,104 @@ def test_verify_ok_is_nan_until_a_verification_ran():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert math.isnan(float(done.stdout))
+
+
+# -- the reconciliation the service runs (tillflow.reconcile) ----------------------------
+
+
+def reconciled(rollups: int = 0, files: int = 0, pending: int = 0) -> reconcile.Result:
+    return reconcile.Result(
+        t(5, 13), None, None, 600.0,
+        (reconcile.RollupCheck("sales.daily_store_totals", "store_id", 10, rollups, ()),
+         reconcile.RollupCheck("sales.daily_product_totals", "name", 40, 0, ())),
+        reconcile.FileCheck(3, files, (), pending, ()),
+    )
+
+
+def test_the_reconciliation_runs_at_start_after_each_backup_and_on_its_schedule(tmp_path, monkeypatch):
+    fake = FakeTime(t(5, 13, 7), until=t(5, 19, 30))
+    ctx = Context(Store(tmp_path), None, Tools(tmp_path, stop=fake), clock=fake.clock)
+    jobs: list[tuple[str, datetime.datetime]] = []
+    for job in ("backup", "verify", "reconcile"):
+        monkeypatch.setattr(schedule.Scheduler, job, lambda self, job=job: jobs.append((job, fake.now)))
+    schedule.Scheduler(ctx, "0 */6 * * *", "30 3 * * *", "15 * * * *").run()
+    assert jobs == [
+        ("backup", t(5, 13, 7)), ("reconcile", t(5, 13, 7)),   # after the backup
+        ("verify", t(5, 13, 7)),
+        ("reconcile", t(5, 13, 15)), ("reconcile", t(5, 14, 15)), ("reconcile", t(5, 15, 15)),
+        ("reconcile", t(5, 16, 15)), ("reconcile", t(5, 17, 15)),
+        ("backup", t(5, 18)), ("reconcile", t(5, 18)),
+        ("reconcile", t(5, 18, 15)), ("reconcile", t(5, 19, 15)),
+    ]
+
+
+def test_without_a_reconcile_schedule_only_backups_and_verifications_run(tmp_path, monkeypatch):
+    fake = FakeTime(t(5, 13, 7), until=t(5, 19, 30))
+    ctx = Context(Store(tmp_path), None, Tools(tmp_path, stop=fake), clock=fake.clock)
+    jobs: list[str] = []
+    for job in ("backup", "verify", "reconcile"):
+        monkeypatch.setattr(schedule.Scheduler, job, lambda self, job=job: jobs.append(job))
+    schedule.Scheduler(ctx, "0 */6 * * *", "30 3 * * *").run()
+    assert jobs == ["backup", "verify", "backup"]
+
+
+class _Connection:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_reconciliation_exports_what_it_found_and_a_failed_one_says_so(tmp_path, monkeypatch):
+    from backup.tools import Server
+
+    fake = FakeTime(t(5, 13), until=t(5, 14))
+    server = Server.from_url("postgresql://tillflow_backup@db:5432/tillflow")
+    ctx = Context(Store(tmp_path), server, Tools(tmp_path, stop=fake), clock=fake.clock)
+    conn = _Connection()
+    monkeypatch.setattr(Server, "connect", lambda self, dbname=None, application="": conn)
+    monkeypatch.setattr(schedule.reconcile, "run", lambda connection: reconciled(rollups=3, files=1, pending=2))
+    scheduler = schedule.Scheduler(ctx, "0 */6 * * *", "30 3 * * *", "15 * * * *")
+    value = REGISTRY.get_sample_value
+
+    scheduler.reconcile()
+    assert conn.closed
+    assert value("tillflow_reconcile_differences", {"check": "rollups"}) == 3
+    assert value("tillflow_reconcile_differences", {"check": "files"}) == 1
+    assert value("tillflow_reconcile_pending_files") == 2
+    assert value("tillflow_reconcile_last_success") == 1
+    assert value("tillflow_reconcile_last_run_timestamp_seconds") == t(5, 13).timestamp()
+
+    def down(connection):
+        raise SinkError("recomputing sales.daily_store_totals failed: terminating connection")
+
+    fake.now = t(5, 13, 15)
+    monkeypatch.setattr(schedule.reconcile, "run", down)
+    scheduler.reconcile()
+    assert value("tillflow_reconcile_last_success") == 0
+    assert value("tillflow_reconcile_last_run_timestamp_seconds") == t(5, 13, 15).timestamp()
+    assert value("tillflow_reconcile_differences", {"check": "rollups"}) == 3, "what is known stays"
+
+    fake.now = t(5, 14, 15)
+    monkeypatch.setattr(schedule.reconcile, "run", lambda connection: reconciled())
+    scheduler.reconcile()
+    assert value("tillflow_reconcile_last_success") == 1
+    assert value("tillflow_reconcile_differences", {"check": "rollups"}) == 0
+    assert value("tillflow_reconcile_differences", {"check": "files"}) == 0
+
+
+def test_a_reconciliation_without_a_database_fails_without_stopping_the_service(tmp_path):
+    fake = FakeTime(t(5, 13), until=t(5, 14))
+    ctx = Context(Store(tmp_path), None, Tools(tmp_path, stop=fake), clock=fake.clock)
+    schedule.Scheduler(ctx, "0 */6 * * *", "30 3 * * *", "15 * * * *").reconcile()
+    assert REGISTRY.get_sample_value("tillflow_reconcile_last_success") == 0
+
+
+def test_the_reconcile_gauges_are_nan_until_a_run_completed():
+    probe = (
+        "import backup.metrics; from prometheus_client import REGISTRY; v = REGISTRY.get_sample_value; "
+        "print(v('tillflow_reconcile_differences', {'check': 'rollups'}), "
+        "v('tillflow_reconcile_differences', {'check': 'files'}), v('tillflow_reconcile_last_success'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert all(math.isnan(float(word)) for word in done.stdout.split())
