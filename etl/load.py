@@ -94,7 +94,7 @@ class Loader:
         if not path.is_file():
             raise InputError(f"{path}: not a readable file")
         store = store or self.settings.store_id
-        chunks = read_csv(path, tax_rate=self.settings.tax_rate, default_date=date, store_id=store)
+        chunks = read_csv(path, tax_rate=self.settings.tax_rate, default_date=date, store_id=store, source=source)
         # Pull the first chunk before recording anything: a wrong header or an
         # unreadable file fails here, with nothing published.
         first, chunks = _peek(chunks)

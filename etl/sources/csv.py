@@ -8,7 +8,7 @@ is ``default_date`` (``--date``) if given, else the one in a file name
 
 :func:`read_csv` (a path) and :func:`read_csv_stream` (a binary file object, e.g.
 an HTTP upload) yield lists of up to ``chunk_rows`` results, each a Transaction or
-a Rejected whose ``origin`` is ``Origin('csv', <file name>, <line>)``: the
+a Rejected whose ``origin`` is ``Origin('csv', <file name>, <line>)`` (``'upload'`` for a file sent over HTTP): the
 1-based physical line where the row starts (the header is line 1; ``\\r\\n``,
 ``\\n`` and ``\\r`` each end a line; a quoted field may span lines).
 
@@ -94,8 +94,10 @@ def read_csv(
     default_date: datetime.date | None = None,
     store_id: str = "main",
     chunk_rows: int = 10_000,
+    source: str = "csv",
 ) -> Iterator[list[Result]]:
-    """Stream the CSV file at ``path``; see the module docstring."""
+    """Stream the CSV file at ``path``; see the module docstring. ``source`` goes in each
+    Origin: ``csv`` for a file loaded here, ``upload`` for one sent over HTTP."""
     path = Path(path)
     try:
         stream = open(path, "rb")  # noqa: SIM115 - closed by the with below, also on early exit
@@ -104,7 +106,7 @@ def read_csv(
     with stream:
         yield from read_csv_stream(
             stream, path.name, tax_rate=tax_rate, default_date=default_date, store_id=store_id,
-            chunk_rows=chunk_rows, display_name=str(path),
+            chunk_rows=chunk_rows, display_name=str(path), source=source,
         )
 
 
@@ -117,6 +119,7 @@ def read_csv_stream(
     store_id: str = "main",
     chunk_rows: int = 10_000,
     display_name: str | None = None,
+    source: str = "csv",
 ) -> Iterator[list[Result]]:
     """Stream CSV rows from a binary file object; ``name`` is the file name used for
     the date and in each Origin, ``display_name`` (default ``name``) in errors."""
@@ -139,7 +142,7 @@ def read_csv_stream(
     header_end = _check_header(reader, lines, shown)
     prev_end = header_end
     bad = lines.bad
-    at_line = Origin("csv", name).with_line
+    at_line = Origin(source, name).with_line
     out: list[Result] = []
     while True:
         try:

@@ -79,6 +79,8 @@ def test_same_file_three_times_and_twice_concurrently_is_stored_once(env, migrat
     ((excl, inc),) = query(migrated_db, "SELECT DISTINCT amount_excl_tax_accepted, amount_inc_tax_accepted"
                                         " FROM ingest.uploads")
     assert (excl, inc) == (sum(r.amount_excl_tax for r in items), sum(r.amount_inc_tax for r in items))
+    # Every file adds up: stored + duplicates + conflicts + rejects = rows read, amounts alike.
+    tillflow(env | {"DATABASE_URL": migrated_db.url("backup")}, "reconcile", "--settle", "0")  # exit 0: all agree
 
 
 def test_overlapping_file_adds_only_the_new_rows(env, migrated_db, tmp_path):
@@ -95,6 +97,7 @@ def test_overlapping_file_adds_only_the_new_rows(env, migrated_db, tmp_path):
     assert_rollups_match(migrated_db)
     assert {i for (i,) in query(migrated_db, "SELECT transaction_id::text FROM ingest.duplicates")} == {
         r.id for r in items[100:250]}, "the evening file's rows already stored from the morning's"
+    tillflow(env | {"DATABASE_URL": migrated_db.url("backup")}, "reconcile", "--settle", "0")
 
 
 def test_conflicting_duplicate_keeps_the_first_version_and_records_both(env, migrated_db, tmp_path):

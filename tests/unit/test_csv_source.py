@@ -66,6 +66,12 @@ def test_valid_file(tmp_path):
     assert [r.origin for r in results] == [Origin("csv", NAME, 2), Origin("csv", NAME, 3)]
 
 
+def test_the_origin_names_the_source_the_load_records(tmp_path):
+    """An HTTP upload's rows say 'upload', as its ingest.uploads row does: reconcile matches them."""
+    path = write(tmp_path, f"{HEADER}\n{good(1)}\nnot-a-uuid,SELL,x,1,1.00,1.20\n")
+    assert {r.origin for r in read_all(path, source="upload")} == {Origin("upload", NAME, 2), Origin("upload", NAME, 3)}
+
+
 def test_bom_crlf_and_no_final_newline(tmp_path):
     path = write(tmp_path, b"\xef\xbb\xbf" + f"{HEADER}\r\n{good(1)}\r\n{good(2)}".encode())
     results = read_all(path)
