@@ -11,7 +11,9 @@ nothing written meanwhile can make them disagree:
              or present in it with no rows behind it, differs in every column
              (its absent side is ``None``). ``date_from``/``date_to`` limit both
              to those transaction dates (the primary keys and
-             ``transactions_date_idx`` make a single day cheap).
+             ``transactions_date_idx`` make a single day cheap). Over the whole
+             history, ``sales.products`` is also compared, as a set, with the
+             names of the stored rows of business stores.
 
 ``files``    per-file control totals. For each (source, file name) of
              ``ingest.uploads`` with a ``published`` load, every load of that
@@ -113,7 +115,7 @@ FILE_COLUMNS = ("rows", "amount_excl_tax", "amount_inc_tax")
 @dataclass(frozen=True)
 class RollupDifference:
     table: str
-    transaction_date: datetime.date
+    transaction_date: datetime.date | None  # None: sales.products, which has no date
     key_column: str
     key: str
     column: str
@@ -218,6 +220,33 @@ def _rollup_sql(rollup: Rollup, where: str) -> str:
             WHERE differing > 0 ORDER BY transaction_date, key LIMIT %(limit)s
         ) AS d ON true
     """
+
+
+# sales.products lists every product traded in a business store: compared, as a
+# set, with the names of the stored rows (whole history only: it has no date).
+_PRODUCTS_SQL = """
+    WITH traded AS (
+        SELECT DISTINCT name FROM sales.transactions AS t
+        WHERE NOT EXISTS (SELECT 1 FROM sales.synthetic_stores AS s WHERE s.store_id = t.store_id)
+    ), joined AS MATERIALIZED (
+        SELECT coalesce(l.name, t.name) AS name, l.name IS NOT NULL AS listed, t.name IS NOT NULL AS traded
+        FROM sales.products AS l FULL OUTER JOIN traded AS t ON t.name = l.name
+    )
+    SELECT (SELECT count(*) FROM joined), (SELECT count(*) FROM joined WHERE listed <> traded),
+           d.name, d.listed, d.traded
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT name, listed, traded FROM joined WHERE listed <> traded ORDER BY name LIMIT %(limit)s
+    ) AS d ON true
+"""
+
+
+def _products_check(rows: list[tuple]) -> RollupCheck:
+    shown = tuple(
+        RollupDifference("sales.products", None, "name", name, "listed", int(listed), int(traded))
+        for _keys, _differences, name, listed, traded in rows if name is not None
+    )
+    return RollupCheck("sales.products", "name", int(rows[0][0]), int(rows[0][1]), shown)
 
 
 # An amount as a jsonb document holds it (text); anything else counts as missing.
@@ -334,7 +363,7 @@ _PENDING_SQL = _FILES_CTE + """
     WHERE pending ORDER BY source, file_name LIMIT %(limit)s
 """
 
-_NEEDED = ("sales.daily_store_totals", "sales.daily_product_totals", "ingest.duplicates")
+_NEEDED = ("sales.daily_store_totals", "sales.daily_product_totals", "sales.products", "ingest.duplicates")
 
 
 def run(
@@ -395,6 +424,10 @@ def run(
                 step = f"recomputing {rollup.table}"
                 cur.execute(_rollup_sql(rollup, where), params)
                 checks.append(_rollup_check(rollup, cur.fetchall(), limit))
+            if date_from is None and date_to is None:
+                step = "comparing sales.products with the products traded"
+                cur.execute(_PRODUCTS_SQL, params)
+                checks.append(_products_check(cur.fetchall()))
             file_check = None
             if files:
                 step = "adding up the files of ingest.uploads"
@@ -543,7 +576,8 @@ def _more(lines: list[str], shown: int, total: int, what: str) -> None:
 def describe(d: RollupDifference | FileDifference) -> str:
     """One difference as one line: the key, the column, and both values."""
     if isinstance(d, RollupDifference):
-        return (f"{d.table} {_text(d.transaction_date)} {d.key_column}={d.key!r} {d.column}: "
+        day = "" if d.transaction_date is None else f" {_text(d.transaction_date)}"
+        return (f"{d.table}{day} {d.key_column}={d.key!r} {d.column}: "
                 f"rollup {_text(d.rollup)}, recomputed {_text(d.recomputed)}")
     parts = ", ".join(f"{where} {_text(n)}" for where, n in d.parts.items())
     expected = _text(d.expected) if d.comparison == "equal" else f"{d.comparison} {_text(d.expected)}"

@@ -184,7 +184,10 @@ def keys(data: DataSet, days: set[datetime.date] | None = None) -> dict[str, int
     if days is not None:
         stores = {k for k in stores if k[0] in days}
         products = {k for k in products if k[0] in days}
-    return {"sales.daily_store_totals": len(stores), "sales.daily_product_totals": len(products)}
+    found = {"sales.daily_store_totals": len(stores), "sales.daily_product_totals": len(products)}
+    if days is None:  # the product list has no date: compared over the whole history only
+        found["sales.products"] = len({name for _day, name in products})
+    return found
 
 
 def rollup_row(data: DataSet, day: datetime.date, store: str) -> dict:
@@ -269,7 +272,7 @@ def test_errors_are_one_line_and_exit_1(migrated_db):
 
     bare = tillflow(migrated_db, url=migrated_db.server.url())  # the server's own database: not migrated
     assert bare.returncode == 1 and len(bare.stderr.splitlines()) == 1
-    assert "has no sales.daily_store_totals, sales.daily_product_totals, ingest.duplicates" in bare.stderr
+    assert "has no sales.daily_store_totals, sales.daily_product_totals, sales.products, ingest.duplicates" in bare.stderr
     assert "Traceback" not in down.stderr + bare.stderr
 
 
@@ -298,8 +301,9 @@ def test_a_tampered_rollup_is_named_by_key_and_column(loaded):
     assert done.stdout.splitlines()[-1] == "17 differences found"
 
     doc = as_json(tillflow(db, "--format", "json"))
-    stores, products = doc["rollups"]["tables"]
-    assert (stores["differences"], products["differences"], doc["differences"]) == (9, 8, 17)
+    stores, products, names = doc["rollups"]["tables"]
+    assert (stores["differences"], products["differences"], names["differences"], doc["differences"]) == (
+        9, 8, 0, 17)
     assert stores["shown"][0] == {"transaction_date": "2026-01-05", "store_id": "main",
                                   "column": "sell_amount_inc_tax", "rollup": str(changed + 1),
                                   "recomputed": str(changed)}
@@ -318,8 +322,8 @@ def test_the_output_is_bounded_and_the_count_complete(loaded):
     db, _ = loaded
     superuser(db, "UPDATE sales.daily_product_totals SET buy_quantity = buy_quantity + 1")
     result = run(db, limit=3)
-    [stores, products] = result.rollups
-    assert stores.differences == 0 and products.differences == products.keys > 3
+    [stores, products, names] = result.rollups
+    assert stores.differences == names.differences == 0 and products.differences == products.keys > 3
     assert [d.column for d in products.shown] == ["buy_quantity"] * 3
     assert [d.rollup - d.recomputed for d in products.shown] == [1, 1, 1]
     text = reconcile.render(result, "text")
@@ -494,3 +498,16 @@ def test_the_connection_is_left_as_it_was(loaded):
         conn.autocommit = False
         assert reconcile.run(conn, files=False).files is None
         assert not conn.autocommit and conn.status == psycopg2.extensions.STATUS_READY
+
+
+def test_the_product_list_is_compared_with_the_products_traded(loaded):
+    db, data = loaded
+    traded = sorted({r["name"] for r in data.stored if r["store_id"] != "smoke"})
+    superuser(db, "DELETE FROM sales.products WHERE name = %s", (traded[0],))
+    superuser(db, "INSERT INTO sales.products VALUES ('never traded')")
+    done = tillflow(db)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"sales.products name={traded[0]!r} listed: rollup 0, recomputed 1" in done.stdout
+    assert "sales.products name='never traded' listed: rollup 1, recomputed 0" in done.stdout
+    dated = tillflow(db, "--from", "2026-01-05")
+    assert dated.returncode == 0 and "sales.products" not in dated.stdout, "no date: whole history only"

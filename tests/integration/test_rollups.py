@@ -108,7 +108,7 @@ def reset(db) -> None:
     conn = psycopg2.connect(db.url("postgres"))
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("TRUNCATE sales.transactions, sales.daily_store_totals, sales.daily_product_totals,"
+            cur.execute("TRUNCATE sales.transactions, sales.daily_store_totals, sales.daily_product_totals, sales.products,"
                         " ingest.rejects, ingest.conflicts, ingest.duplicates")
     finally:
         conn.close()

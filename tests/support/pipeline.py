@@ -94,6 +94,7 @@ def rollups(db) -> dict[str, dict[tuple, tuple]]:
     for table, key in (("daily_store_totals", "store_id"), ("daily_product_totals", "name")):
         rows = query(db, f"SELECT transaction_date, {key}, {', '.join(ROLLUP_COLUMNS)} FROM sales.{table}")
         found[table] = {(r[0], r[1]): tuple(r[2:]) for r in rows}
+    found["products"] = {(name,): () for (name,) in query(db, "SELECT name FROM sales.products")}
     return found
 
 
@@ -117,7 +118,8 @@ def rollups_from_raw(db) -> dict[str, dict[tuple, tuple]]:
             totals[at + 2] += excl
             totals[at + 3] += inc
     return {"daily_store_totals": {k: tuple(v) for k, v in stores.items()},
-            "daily_product_totals": {k: tuple(v) for k, v in products.items()}}
+            "daily_product_totals": {k: tuple(v) for k, v in products.items()},
+            "products": {(name,): () for _day, name in products}}
 
 
 def assert_rollups_match(db) -> None:
