@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-19s\033[0m %s\n", $$1, $$2}'
 
 # -- Docker (production path) -------------------------------------------------
 .PHONY: secrets up down destroy logs
@@ -85,7 +85,7 @@ local-status: ## Show what the native stack runs
 	@$(PY) -m devstack.local status
 
 # -- Development -----------------------------------------------------------------
-.PHONY: test test-unit bench bench-ingest bench-backup bench-api lock
+.PHONY: test test-unit bench bench-ingest bench-backup bench-api bench-queries bench-partitioning lock
 test: deps ## Install everything needed, start real services, run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -96,6 +96,7 @@ bench: deps ## All benchmarks on the native stack, each against a ceiling measur
 	$(PY) -m bench.ingest
 	$(PY) -m bench.backup
 	$(PY) -m bench.api
+	$(PY) -m bench.queries
 
 bench-ingest: deps ## Ingest: 1M rows through the pipeline vs a COPY ceiling
 	$(PY) -m bench.ingest
@@ -105,6 +106,12 @@ bench-backup: deps ## Backup and restore of 1M rows vs bare pg_dump/pg_restore
 
 bench-api: deps ## API: HTTP and WebSocket vs a plain kafka-python producer loop
 	$(PY) -m bench.api
+
+bench-queries: deps ## Dashboard and report queries at 10M rows: rollups vs the raw table, 0009 upgrade time, sizes
+	$(PY) -m bench.queries
+
+bench-partitioning: deps ## sales.transactions partitioned by month vs plain at 10M rows: ingest, dump, dropping a month
+	$(PY) -m bench.partitioning
 
 lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
 	rm -rf .venv-lock && python3 -m venv .venv-lock

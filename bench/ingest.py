@@ -14,6 +14,11 @@ as a CSV file and as COPY text, and measures in one run, in rows per second:
     the consumer alone draining a topic pre-filled by ``tillflow load`` into
     an empty ``sales.transactions``; timed from ``Worker.run()`` (group join
     included) until the batch holding the last row is committed in PostgreSQL.
+    The rollups are kept as in production (the trigger of migration 0009).
+``consumer_without_rollups``
+    the same consumer over the same topic (a new group) into an emptied table
+    with the rollup trigger disabled: ``consumer`` over this is what keeping
+    the rollups costs.
 ``end_to_end``
     ``tillflow load FILE`` and the consumer started together on a fresh topic
     and an empty table, timed from starting both processes until every row is
@@ -43,9 +48,7 @@ import datetime
 import io
 import json
 import os
-import platform
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -56,12 +59,13 @@ from pathlib import Path
 
 import psycopg2
 
+from bench._postgres import PostgresStack, log
+from bench._postgres import machine_info as common_machine_info
 from consumer.rows import copy_text  # the consumer's own COPY escaping
 from consumer.sink import _COLUMNS as SINK_COLUMNS  # the columns the consumer COPYs, in its order
 from devstack import datagen
 from devstack.kafka import KAFKA_VERSION, KafkaCluster
 from etl.topics import PARTITIONS  # the topics' partitions, as tillflow create-topics makes them
-from devstack.postgres import NativePostgres
 from devstack.proc import free_port
 from tillflow.config import Settings
 
@@ -72,10 +76,11 @@ RESULTS = REPO / "bench" / "results" / "ingest.json"
 DAY = datetime.date(2026, 1, 5)
 SEED = 20260105
 CEILING_RUNS = 3
-ROLES = ("owner", "writer", "reader", "backup")
-CASES = ("copy_ceiling", "consumer", "end_to_end", "all_duplicates", "pandas_to_sql")
+CASES = ("copy_ceiling", "consumer", "consumer_without_rollups", "end_to_end", "all_duplicates", "pandas_to_sql")
 TARGETS = {  # name: (what, threshold)
     "consumer_ratio": ("consumer / copy_ceiling", 0.6),
+    # Issue 13: the consumer keeps the rollups (a trigger in its transaction) and still 0.55 of the ceiling.
+    "consumer_ratio_with_rollups": ("consumer (rollups kept) / copy_ceiling", 0.55),
     "end_to_end_ratio": ("end_to_end / copy_ceiling", 0.3),
     "vs_pandas": ("end_to_end / pandas_to_sql", 5.0),
     "loader_rss_mb": ("peak RSS of tillflow load (MB, at most)", 300),
@@ -84,23 +89,15 @@ TARGETS = {  # name: (what, threshold)
 _LOAD_LINE = re.compile(r"(\d+) rows read, (\d+) accepted, (\d+) rejected")
 
 
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # -- the stack -------------------------------------------------------------------------
 
 
-class Stack:
+class Stack(PostgresStack):
     """PostgreSQL (durable) and three Kafka brokers under ``root``, with a migrated database."""
 
-    dbname = "tillflow"
-
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.postgres: NativePostgres | None = None
+        super().__init__(root)
         self.kafka: KafkaCluster | None = None
-        self.passwords = {role: secrets.token_hex(12) for role in ROLES}
 
     def start(self) -> None:
         """The services, and the identical empty tables the ceiling and pandas cases write to."""
@@ -112,19 +109,13 @@ class Stack:
 
     def start_services(self) -> None:
         """PostgreSQL and three warmed-up brokers, with a migrated ``tillflow`` database."""
-        from tillflow.migrate import apply_migrations
-
         log("starting PostgreSQL (fsync on) and 3 Kafka brokers")
-        self.postgres = NativePostgres(self.root / "postgres", free_port(), secrets.token_hex(16),
-                                       attached=True, durable=True)
-        self.postgres.start()
+        self.start_postgres()
         self.kafka = KafkaCluster(self.root / "kafka", [free_port() for _ in range(3)],
                                   [free_port() for _ in range(3)], attached=True)
         self.kafka.start()
         self.warm_up_kafka()
-        with self.admin("postgres") as cur:
-            cur.execute(f"CREATE DATABASE {self.dbname}")
-        apply_migrations(self.postgres.url(dbname=self.dbname), role_passwords=self.passwords)
+        self.migrate()
 
     def warm_up_kafka(self) -> None:
         """Have one consumer group join and commit, and one idempotent producer get its id.
@@ -159,30 +150,6 @@ class Stack:
         finally:
             consumer.close()
 
-    def url(self, role: str = "postgres") -> str:
-        if role == "postgres":
-            return self.postgres.url(dbname=self.dbname)
-        return self.postgres.url(f"tillflow_{role}", self.passwords[role], self.dbname)
-
-    @contextlib.contextmanager
-    def admin(self, dbname: str | None = None):
-        conn = psycopg2.connect(self.postgres.url(dbname=dbname or self.dbname))
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                yield cur
-        finally:
-            conn.close()
-
-    def scalar(self, query: str):
-        with self.admin() as cur:
-            cur.execute(query)
-            return cur.fetchone()[0]
-
-    def checkpoint(self) -> None:
-        with self.admin() as cur:
-            cur.execute("CHECKPOINT")
-
     def create_topics(self, *names: str) -> None:
         from etl.topics import create_topics
 
@@ -196,9 +163,7 @@ class Stack:
         if self.kafka is not None:
             with contextlib.suppress(Exception):
                 self.kafka.stop()
-        if self.postgres is not None:
-            with contextlib.suppress(Exception):
-                self.postgres.stop()
+        super().stop()
 
 
 # -- child processes -----------------------------------------------------------------
@@ -450,9 +415,9 @@ def _consumer_result(child: Child, n: int, *, inserted: int, duplicates: int) ->
     return result
 
 
-def case_consumer(stack: Stack, runner: Runner, n: int) -> dict:
+def case_consumer(stack: Stack, runner: Runner, n: int, name: str = "consumer") -> dict:
     stack.checkpoint()
-    child = runner.consumer("consumer", "fill", "bench-consumer", n)
+    child = runner.consumer(name, "fill", f"bench-{name}", n)
     runner.wait(child)
     result = _consumer_result(child, n, inserted=n, duplicates=0)
     seconds = result["t_done"] - result["t_run"]
@@ -465,9 +430,31 @@ def case_consumer(stack: Stack, runner: Runner, n: int) -> dict:
     }
 
 
-def case_end_to_end(stack: Stack, runner: Runner, csv_path: Path, n: int) -> dict:
+_ROLLUP_TRIGGER = "ALTER TABLE sales.transactions {} TRIGGER transactions_roll_up"
+
+
+def case_consumer_without_rollups(stack: Stack, runner: Runner, n: int) -> dict:
+    """The same consumer over the same topic with the rollup trigger disabled: what the rollups cost."""
+    rolled = stack.scalar("SELECT sum(sell_transactions + buy_transactions) FROM sales.daily_store_totals")
+    if rolled != n:
+        raise RuntimeError(f"the rollups count {rolled} rows after the consumer case, expected {n}")
+    _truncate(stack)
     with stack.admin() as cur:
-        cur.execute("TRUNCATE sales.transactions")
+        cur.execute(_ROLLUP_TRIGGER.format("DISABLE"))
+    try:
+        return case_consumer(stack, runner, n, "consumer_without_rollups")
+    finally:
+        with stack.admin() as cur:  # the rows stay, for all_duplicates; the rollups miss them
+            cur.execute(_ROLLUP_TRIGGER.format("ENABLE"))
+
+
+def _truncate(stack: Stack) -> None:
+    with stack.admin() as cur:
+        cur.execute("TRUNCATE sales.transactions, sales.daily_store_totals, sales.daily_product_totals, sales.products")
+
+
+def case_end_to_end(stack: Stack, runner: Runner, csv_path: Path, n: int) -> dict:
+    _truncate(stack)
     stack.create_topics("bench.e2e.transactions", "bench.e2e.rejects")
     stack.checkpoint()
     started = time.monotonic()
@@ -547,41 +534,20 @@ def machine_info(stack: Stack) -> dict:
         sqlalchemy_version = None
     from kafka.record import util as record_util
 
-    def mem_total_mb() -> int | None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) // 1024
-        return None
-
-    def cpu_model() -> str | None:
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        return None
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    common = common_machine_info(stack.scalar)
     return {
-        "cores": os.cpu_count(),
-        "cpu": cpu_model(),
-        "memory_mb": mem_total_mb(),
-        "load_average_at_start": list(os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "postgresql": stack.scalar("SHOW server_version"),
-        "postgresql_fsync": stack.scalar("SHOW fsync"),
-        "postgresql_synchronous_commit": stack.scalar("SHOW synchronous_commit"),
+        **{k: common[k] for k in ("cores", "cpu", "memory_mb", "load_average_at_start", "platform", "python",
+                                  "postgresql", "postgresql_fsync", "postgresql_synchronous_commit")},
         "kafka": KAFKA_VERSION,
         "kafka_brokers": len(stack.kafka.nodes),
         "confluent_kafka": confluent_kafka.version()[0],
         "librdkafka": confluent_kafka.libversion()[0],
         "kafka_python": kafka.__version__,
         "kafka_python_crc32c": "C (crc32c package)" if record_util.crc32c_c is not None else "pure Python",
-        "psycopg2": psycopg2.__version__.split()[0],
+        "psycopg2": common["psycopg2"],
         "pandas": pandas.__version__,
         "sqlalchemy": sqlalchemy_version,
-        "git_commit": commit.stdout.strip() or None,
+        "git_commit": common["git_commit"],
     }
 
 
@@ -597,6 +563,7 @@ def summarise(n: int, cases: dict, machine: dict, settings: dict) -> dict:
     }
     values = {
         "consumer_ratio": cases.get("consumer", {}).get("ratio_to_copy_ceiling"),
+        "consumer_ratio_with_rollups": cases.get("consumer", {}).get("ratio_to_copy_ceiling"),
         "end_to_end_ratio": cases.get("end_to_end", {}).get("ratio_to_copy_ceiling"),
         "vs_pandas": _div(cases.get("end_to_end", {}).get("rows_per_second"),
                           cases.get("pandas_to_sql", {}).get("rows_per_second")),
@@ -608,6 +575,9 @@ def summarise(n: int, cases: dict, machine: dict, settings: dict) -> dict:
         value = values[name]
         met = None if value is None else (value <= threshold if name.endswith("_rss_mb") else value >= threshold)
         targets[name] = {"what": what, "target": threshold, "value": value, "met": met}
+    # What keeping the rollups costs the consumer: its rate with them over its rate without.
+    rollups = _div(cases.get("consumer", {}).get("rows_per_second"),
+                   cases.get("consumer_without_rollups", {}).get("rows_per_second"))
     machine["load_average_at_end"] = list(os.getloadavg())
     cpu = _cpu_view(cases)
     return {
@@ -617,6 +587,7 @@ def summarise(n: int, cases: dict, machine: dict, settings: dict) -> dict:
         "rows_per_second": {k: v["rows_per_second"] for k, v in cases.items() if "rows_per_second" in v},
         "ratio_to_copy_ceiling": {k: v["ratio_to_copy_ceiling"] for k, v in cases.items() if "ratio_to_copy_ceiling" in v},
         "peak_rss_mb": rss,
+        "consumer_with_over_without_rollups": rollups,
         "targets": targets,
         "cpu_per_row": cpu,
         "cases": cases,
@@ -668,13 +639,14 @@ def _div(a, b):
 
 
 def render(report: dict) -> str:
-    order = ["copy_ceiling", "copy_ceiling_batched", "loader_only", "consumer", "end_to_end", "all_duplicates",
-             "pandas_to_sql"]
+    order = ["copy_ceiling", "copy_ceiling_batched", "loader_only", "consumer", "consumer_without_rollups",
+             "end_to_end", "all_duplicates", "pandas_to_sql"]
     notes = {
         "copy_ceiling": "one COPY, one commit: the physical limit",
         "copy_ceiling_batched": "COPY + commit per consumer batch (context)",
         "loader_only": "tillflow load filling the topic (context)",
-        "consumer": "consumer draining a pre-filled topic",
+        "consumer": "consumer draining a pre-filled topic (rollups kept)",
+        "consumer_without_rollups": "the same with the rollup trigger disabled (context)",
         "end_to_end": "CSV -> tillflow load -> Kafka -> consumer -> PostgreSQL",
         "all_duplicates": "new group re-reading: every id already stored",
         "pandas_to_sql": "pandas.read_csv + DataFrame.to_sql",
@@ -684,7 +656,7 @@ def render(report: dict) -> str:
              f"PostgreSQL {report['machine']['postgresql']} (fsync {report['machine']['postgresql_fsync']}), "
              f"Kafka {report['machine']['kafka']} x{report['machine']['kafka_brokers']}",
              "",
-             f"{'case':<22}{'rows/s':>10}{'x ceiling':>11}{'seconds':>9}{'peak RSS MB':>13}"
+             f"{'case':<26}{'rows/s':>10}{'x ceiling':>11}{'seconds':>9}{'peak RSS MB':>13}"
              f"{'py CPU us/row':>15}{'db CPU us/row':>15}{'kafka CPU us/row':>18}  note",
              "-" * 148]
     for name in order:
@@ -700,7 +672,7 @@ def render(report: dict) -> str:
         db_cpu = c.get("db_backend_cpu_us_per_row")
         kafka_cpu = c.get("kafka_cpu_us_per_row")
         lines.append(
-            f"{name:<22}{c['rows_per_second']:>10,.0f}{(f'{ratio:.3f}' if ratio else '-'):>11}"
+            f"{name:<26}{c['rows_per_second']:>10,.0f}{(f'{ratio:.3f}' if ratio else '-'):>11}"
             f"{c['seconds']:>9.1f}{(str(rss) if rss is not None else '-'):>13}"
             f"{(str(cpu) if cpu is not None else '-'):>15}{(str(db_cpu) if db_cpu is not None else '-'):>15}"
             f"{(str(kafka_cpu) if kafka_cpu is not None else '-'):>18}  {notes[name]}"
@@ -718,6 +690,9 @@ def render(report: dict) -> str:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         sign = "<=" if name.endswith("_rss_mb") else ">="
         lines.append(f"  {t['what']:<42} {shown:>8}  (target {sign} {t['target']})  {verdict}")
+    if report.get("consumer_with_over_without_rollups"):
+        lines += ["", "consumer with rollups / without (what keeping them costs): "
+                      f"{report['consumer_with_over_without_rollups']:.3f}"]
     estimate = report.get("cpu_per_row", {}).get("consumer_ratio_cpu_estimate")
     if estimate is not None:
         lines += ["", f"consumer / copy_ceiling from CPU time per row (an upper estimate for an idle machine): "
@@ -799,6 +774,10 @@ def main(argv: list[str] | None = None) -> int:
                 log("consumer")
                 cases["consumer"] = _kafka_cpu(stack, n, case_consumer, stack, runner, n)
                 dup_topic = "fill"
+                if "consumer_without_rollups" in selected:
+                    log("consumer_without_rollups")
+                    cases["consumer_without_rollups"] = _kafka_cpu(
+                        stack, n, case_consumer_without_rollups, stack, runner, n)
             if "end_to_end" in selected:
                 log("end_to_end")
                 cases["end_to_end"] = _kafka_cpu(stack, n, case_end_to_end, stack, runner, csv_path, n)
