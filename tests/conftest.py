@@ -116,6 +116,22 @@ def migrated_db(running_postgres, role_passwords):
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.fixture
+def empty_db(running_postgres):
+    """A fresh database with nothing applied: its superuser URL."""
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(running_postgres.url())
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield running_postgres.url(dbname=name)
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        admin.close()
+
+
 @dataclass
 class Topics:
     transactions: str

@@ -216,40 +216,25 @@ def test_the_writer_cannot_write_the_rollups_itself(migrated_db):
         conn.close()
 
 
-def test_the_migration_builds_the_rollups_from_rows_stored_before_it(running_postgres, role_passwords):
+def test_the_migration_builds_the_rollups_from_rows_stored_before_it(empty_db, role_passwords):
     """An installation that upgrades in place: rows stored under 0008, then 0009 applied."""
-    from psycopg2 import sql
-
-    from support.pipeline import assert_rollups_match as check
     from tillflow import migrate
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(running_postgres.url())
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        url = running_postgres.url(dbname=name)
-        migrate.apply_migrations(url, role_passwords=role_passwords, up_to=8)
-        conn = psycopg2.connect(url)
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO sales.transactions (id, transaction_date, category, name, quantity, amount_excl_tax,"
-                " amount_inc_tax, store_id) SELECT gen_random_uuid(), date '2024-01-01' + (i % 40),"
-                " CASE WHEN i % 3 = 0 THEN 'BUY' ELSE 'SELL' END, 'product ' || (i % 17), 1 + i % 9,"
-                " (i % 1000 + 1) * 0.01, round((i % 1000 + 1) * 0.012, 2),"
-                " (ARRAY['main', 'north', 'smoke'])[1 + i % 3] FROM generate_series(1, 5000) AS i")
-        conn.close()
-        migrate.apply_migrations(url, role_passwords=role_passwords)
+    migrate.apply_migrations(empty_db, role_passwords=role_passwords, up_to=8)
+    conn = psycopg2.connect(empty_db)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO sales.transactions (id, transaction_date, category, name, quantity, amount_excl_tax,"
+            " amount_inc_tax, store_id) SELECT gen_random_uuid(), date '2024-01-01' + (i % 40),"
+            " CASE WHEN i % 3 = 0 THEN 'BUY' ELSE 'SELL' END, 'product ' || (i % 17), 1 + i % 9,"
+            " (i % 1000 + 1) * 0.01, round((i % 1000 + 1) * 0.012, 2),"
+            " (ARRAY['main', 'north', 'smoke'])[1 + i % 3] FROM generate_series(1, 5000) AS i")
+    conn.close()
+    assert migrate.apply_migrations(empty_db, role_passwords=role_passwords) == ["0009_rollups.sql"]
 
-        class Db:
-            def url(self, role):
-                return url
+    class Db:
+        def url(self, role):
+            return empty_db
 
-        check(Db())
-        count = query(Db(), "SELECT sum(sell_transactions + buy_transactions) FROM sales.daily_store_totals")
-        assert count == [(5000,)]
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
+    assert_rollups_match(Db())
+    assert query(Db(), "SELECT sum(sell_transactions + buy_transactions) FROM sales.daily_store_totals") == [(5000,)]

@@ -45,22 +45,6 @@ def assert_denied(conn, statement, params=None) -> None:
 
 
 @pytest.fixture
-def empty_db(running_postgres):
-    """A fresh database with nothing applied: its superuser URL."""
-    name = f"e_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(running_postgres.url())
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield running_postgres.url(dbname=name)
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        admin.close()
-
-
-@pytest.fixture
 def migrations_copy(tmp_path) -> Path:
     """A copy of the migration files a test may edit."""
     target = tmp_path / "migrations"
