@@ -536,6 +536,7 @@ def run_case(stack: PostgresStack, data: Data, args: argparse.Namespace) -> dict
                 results[question.key] = result
     finally:
         conn.close()
+    reconciled = time_reconcile(stack, data.last_day)
     settings = {}
     with stack.admin() as cur:
         for name in ("shared_buffers", "work_mem", "maintenance_work_mem", "effective_cache_size", "jit",
@@ -555,9 +556,31 @@ def run_case(stack: PostgresStack, data: Data, args: argparse.Namespace) -> dict
         "postgresql_settings": settings,
         "target_ms": target,
         "queries": results,
+        "reconcile": reconciled,
         "case_seconds": round(time.monotonic() - started_case, 1),
         "date": datetime.datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def time_reconcile(stack: PostgresStack, last_day: datetime.date) -> dict:
+    """What ``tillflow reconcile``'s rollup check costs: the whole history, and one day (the rollups were
+    built by 0009 from these rows, so any difference is a bug)."""
+    from tillflow import reconcile
+
+    found = {}
+    for name, day in (("all_dates", None), ("one_day", last_day)):
+        log(f"reconcile, rollups, {name}")
+        conn = psycopg2.connect(stack.url("postgres"), application_name="bench-reconcile")
+        try:
+            started = time.monotonic()
+            result = reconcile.run(conn, date_from=day, date_to=day, files=False)
+            found[f"{name}_seconds"] = round(time.monotonic() - started, 2)
+        finally:
+            conn.close()
+        found[f"{name}_differences"] = result.differences("rollups")
+        if result.differences("rollups"):
+            raise RuntimeError(f"reconcile found {result.differences('rollups')} rollup differences ({name})")
+    return found
 
 
 def _mb(n: int) -> str:
@@ -588,6 +611,10 @@ def render(name: str, case: dict) -> str:
         r = s[rollup]
         lines.append(f"{rollup}: {r['rows']:,} rows, table {_mb(r['table_bytes'])} + indexes "
                      f"{_mb(r['index_bytes'])} = {_mb(r['total_bytes'])}")
+    if "reconcile" in case:
+        r = case["reconcile"]
+        lines.append(f"tillflow reconcile (rollups): all dates {r['all_dates_seconds']} s, one day "
+                     f"{r['one_day_seconds']} s, no difference")
     lines.append(f"rollups together: {_mb(s['rollups_total_bytes'])}, "
                  f"{100 * s['rollups_fraction_of_transactions']:.2f} % of sales.transactions with its indexes")
     return "\n".join(lines)

@@ -203,7 +203,7 @@ class Settings:
     backup_restore_jobs: int = 2
     pg_bindir: Path | None = None
     # tillflow reconcile, run by the backup service (tillflow/reconcile.py)
-    reconcile_schedule: str = "15 * * * *"
+    reconcile_schedule: str = "15 2 * * *"
     # tillflow smoke (tillflow/smoke.py)
     api_url: str | None = None
     smoke_token: str | None = None
@@ -283,7 +283,7 @@ class Settings:
             backup_keep_weekly=_int(env, "BACKUP_KEEP_WEEKLY", 4, minimum=0),
             backup_restore_jobs=_int(env, "BACKUP_RESTORE_JOBS", 2, minimum=1),
             pg_bindir=_bindir(env, "PG_BINDIR"),
-            reconcile_schedule=_cron(env, "RECONCILE_SCHEDULE", "15 * * * *"),
+            reconcile_schedule=_cron(env, "RECONCILE_SCHEDULE", "15 2 * * *"),
             api_url=_http_url(env, "TILLFLOW_API_URL"),
             smoke_token=_secret(env, "SMOKE_TOKEN"),
             smoke_store_id=env.get("SMOKE_STORE_ID", "").strip() or "smoke",

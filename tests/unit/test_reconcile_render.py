@@ -140,7 +140,7 @@ def test_the_run_refuses_an_impossible_range_and_a_negative_settle_before_readin
 
 
 def test_the_reconcile_schedule_has_a_default_and_is_checked():
-    assert Settings.from_env({}).reconcile_schedule == "15 * * * *"
+    assert Settings.from_env({}).reconcile_schedule == "15 2 * * *"
     assert Settings.from_env({"RECONCILE_SCHEDULE": " */10  * * * * "}).reconcile_schedule == "*/10 * * * *"
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"RECONCILE_SCHEDULE": "hourly"})
