@@ -12,6 +12,7 @@ import contextlib
 import os
 import platform
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -83,6 +84,15 @@ class PostgresStack:
         if self.postgres is not None:
             with contextlib.suppress(Exception):
                 self.postgres.stop()
+
+    def tear_down(self, keep: bool) -> None:
+        """Stop the services; remove their directory unless ``keep`` (``--keep``: data and logs stay)."""
+        log("stopping the stack")
+        self.stop()
+        if keep:
+            log(f"kept {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def machine_info(scalar) -> dict:

@@ -49,7 +49,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -805,12 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if runner is not None:
             runner.stop_all()
-        log("stopping the stack")
-        stack.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        stack.tear_down(args.keep)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -37,7 +37,6 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -308,12 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         retention = time_retention(stack, data)
         machine["load_average_at_end"] = list(os.getloadavg())
     finally:
-        log("stopping PostgreSQL")
-        stack.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        stack.tear_down(args.keep)
     report = {"benchmark": "partitioning", "rows": data.rows, "products": data.products,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "load": load, "twin": twin, "copy_1m_batch": copies, "reads": reads, "pg_dump": dumps,

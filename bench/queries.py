@@ -682,12 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         case = run_case(stack, data, args)
         machine["load_average_at_end"] = list(os.getloadavg())
     finally:
-        log("stopping PostgreSQL")
-        stack.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        stack.tear_down(args.keep)
     name = "quick" if args.quick else case_name(data)
     print(render(name, case))
     if args.out is not None:
