@@ -31,7 +31,7 @@ _QUEUE_FULL_WAIT = 0.05  # seconds to serve acknowledgements when the local queu
 
 def producer_config(bootstrap_servers: Sequence[str], *, client_id: str, delivery_timeout_ms: int,
                     linger_ms: int) -> dict:
-    """The settings every Tillflow producer uses (DESIGN.md: acks=all, idempotence, retries)."""
+    """The settings every Tillflow producer uses (docs/architecture.md: acks=all, idempotence, retries)."""
     return {
         "bootstrap.servers": ",".join(bootstrap_servers),
         "client.id": client_id,

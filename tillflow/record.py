@@ -5,7 +5,7 @@
 or into a :class:`Rejected` that lists every :class:`Reason` that applies (not
 just the first) together with the row as text. It never raises for bad data.
 
-Rules (docs: DESIGN.md, "The transaction record"); surrounding whitespace is
+Rules (docs/architecture.md, "The transaction record"); surrounding whitespace is
 trimmed from every text value:
 
 - ``id``: a UUID in any standard text form (``8-4-4-4-12``, 32 hex digits,
@@ -56,7 +56,7 @@ MAX_STORE_CHARS = 64
 MAX_QUANTITY = 2**31 - 1
 MAX_AMOUNT = Decimal("9999999999.99")
 RAW_MAX_CHARS = 1000  # per value kept in Rejected.raw, so a 200 KiB field cannot flood Kafka
-DEFAULT_TAX_RATE = Decimal("0.20")  # DESIGN.md's; processes pass Settings.tax_rate (TAX_RATE)
+DEFAULT_TAX_RATE = Decimal("0.20")  # docs/architecture.md's; processes pass Settings.tax_rate (TAX_RATE)
 
 CENT = Decimal("0.01")
 _MINUS_CENT = -CENT

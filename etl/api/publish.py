@@ -76,7 +76,7 @@ POLL_SECONDS = 0.05  # the poll thread's wait; it wakes at once when an acknowle
 PROBE_CACHE_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 3.0
 RECONNECT_EVERY_SECONDS = 2.0
-MIN_INSYNC_REPLICAS = 2  # DESIGN.md: min.insync.replicas=2 on both topics
+MIN_INSYNC_REPLICAS = 2  # docs/architecture.md: min.insync.replicas=2 on both topics
 _INLINE_SENDS = 64  # larger batches are handed to Kafka from a worker thread
 
 

@@ -20,7 +20,7 @@ TRANSACTION_EXAMPLE = {
 
 
 class TransactionIn(BaseModel):
-    """One transaction (DESIGN.md, "The transaction record"). Amounts as strings such
+    """One transaction (docs/architecture.md, "The transaction record"). Amounts as strings such
     as "12.30" or as JSON numbers, read as exact decimals, never as binary floats."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"example": TRANSACTION_EXAMPLE})

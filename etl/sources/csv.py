@@ -1,6 +1,6 @@
 """CSV files: stream a retail CSV file into validated records, in bounded memory.
 
-A file (DESIGN.md, "CSV files") is UTF-8, comma separated, with the header
+A file (docs/architecture.md, "CSV files") is UTF-8, comma separated, with the header
 ``id,category,description,quantity,amount_excl_tax,amount_inc_tax``; the
 ``description`` column is the record's ``name``. It has no date column: the date
 is ``default_date`` (``--date``) if given, else the one in a file name

@@ -1,6 +1,6 @@
 """The legacy SQLite database: stream its ``transactions`` table into validated records.
 
-The table (DESIGN.md, "The legacy SQLite database") is ``transactions(id TEXT,
+The table (docs/architecture.md, "The legacy SQLite database") is ``transactions(id TEXT,
 transaction_date TEXT 'YYYY-MM-DD', category TEXT, name TEXT, quantity BIGINT,
 amount_excl_tax FLOAT, amount_inc_tax FLOAT)``. :func:`read_sqlite` opens the
 file read-only (it never creates, locks for writing or changes it), reads the
