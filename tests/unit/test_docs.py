@@ -1,4 +1,4 @@
-"""The design lives in the repository: a clone has no ../shared folder, so nothing may cite it."""
+"""The design lives in the repository: a clone has no shared folder beside it, so nothing may cite one."""
 from __future__ import annotations
 
 import subprocess
