@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
@@ -100,9 +102,6 @@ def rollups(db) -> dict[str, dict[tuple, tuple]]:
 
 def rollups_from_raw(db) -> dict[str, dict[tuple, tuple]]:
     """The rollups computed here, in Python with Decimal, from the stored rows."""
-    from collections import defaultdict
-    from decimal import Decimal
-
     synthetic = {s for (s,) in query(db, "SELECT store_id FROM sales.synthetic_stores")}
     zero = Decimal("0.00")
     stores: dict[tuple, list] = defaultdict(lambda: [0, 0, zero, zero, 0, 0, zero, zero])
