@@ -26,21 +26,22 @@ def _date(text: str) -> datetime.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date in the form YYYY-MM-DD") from None
 
 
-def _seconds(text: str) -> float:
+def _number_of_seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+
+
+def _seconds(text: str) -> float:
+    value = _number_of_seconds(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return value
 
 
 def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    value = _number_of_seconds(text)
     if not value >= 0:  # NaN too
         raise argparse.ArgumentTypeError("must be 0 seconds or more")
     return value
