@@ -143,7 +143,7 @@ def _named_urls(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...
     for item in filter(None, (part.strip() for part in env.get(name, "").split(","))):
         label, sep, url = item.partition("=")
         if not sep or not label.strip() or not url.strip():
-            raise ConfigError(f"{name}: {item!r} is not name=url, such as consumer=http://consumer:9100/metrics")
+            raise ConfigError(f"{name}: {item!r} is not name=url, such as consumer=http://consumer:9101/metrics")
         pairs.append((label.strip(), _http_url({name: url}, name)))
     return tuple(pairs)
 

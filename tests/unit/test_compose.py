@@ -556,6 +556,42 @@ def test_kafka_volumes_are_one_per_broker():
     assert len(sources) == 3 and len(set(sources)) == 3, f"each broker needs its own volume: {sources}"
 
 
+def test_broker_healthcheck_starts_no_jvm():
+    """A JVM per probe (kafka-broker-api-versions.sh) cost 1.7 CPU-seconds every 15 s
+    per broker, most of an idle stack's CPU: the probe is raw bytes over bash's
+    /dev/tcp. tests/integration/test_kafka_healthcheck.py runs it against real brokers."""
+    for name, svc in kafka_services().items():
+        test = svc["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "bash", "-c"], f"{name}: the probe is one bash command"
+        script = test[3]
+        assert "/dev/tcp/127.0.0.1/9092" in script
+        assert not re.search(r"\bjava\b|kafka-[a-z-]+\.sh|kafka-run-class", script), f"{name} probes with a JVM"
+
+
+def test_the_tillflow_image_is_built_by_one_service():
+    """Compose without BuildKit builds a `build:` once per service that has it: one
+    service builds, the others run its image and never pull a "tillflow" image."""
+    builders = [name for name, svc in tillflow_services().items() if "build" in svc]
+    assert builders == ["migrate"], f"services that build the Tillflow image: {builders}"
+    for name, svc in tillflow_services().items():
+        assert image_of(svc) == image_of(services()["migrate"]), f"{name} runs another image"
+        if name != "migrate":
+            assert svc.get("pull_policy") == "never", f"{name} may pull a foreign tillflow image"
+
+
+def test_each_tillflow_service_serves_metrics_on_a_port_of_its_own():
+    """A stale DNS-discovered consumer target (a replaced replica's old address, taken
+    by another container) must never scrape another service's metrics as the consumer's."""
+    ports = {name: environment(svc)["METRICS_PORT"] for name, svc in tillflow_services().items()
+             if environment(svc).get("METRICS_PORT")}
+    assert len(set(ports.values())) == len(ports) >= 3, f"metrics ports shared: {ports}"
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    (consumer,) = [job for job in config["scrape_configs"] if job["job_name"] == "consumer"]
+    (discovery,) = consumer["dns_sd_configs"]
+    assert str(discovery["port"]) == ports["consumer"]
+    assert discovery["refresh_interval"] in ("5s", "10s"), "a replaced replica's address lingers until refreshed"
+
+
 def test_topics_are_created_after_every_broker_is_healthy():
     creators = [svc for svc in tillflow_services().values() if svc["command"][0] == "create-topics"]
     assert len(creators) == 1
