@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devstack.kafka import KafkaCluster
+from devstack.kafka import JVM_PERFORMANCE_OPTS, KafkaCluster
 from devstack.postgres import NativePostgres
 from devstack.proc import free_port
 from etl.topics import PARTITIONS
@@ -62,20 +62,58 @@ def start_kafka(root: Path):
 
 
 # -- Docker (testcontainers) -------------------------------------------------------
-POSTGRES_IMAGE = "postgres:15.14-bookworm"
-KAFKA_IMAGE = "apache/kafka:4.1.1"
+# No Ryuk reaper: its image is one more that cannot be pulled everywhere. Each
+# container carries the test run's pid instead, and a later run removes the
+# containers of runs that are gone (reap_orphans), so a killed run leaves none.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+RUN_LABEL = "org.tillflow.test-run"
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+def compose_image(variable: str) -> str:
+    """The image docker-compose.yml pins as ${VARIABLE:-default}: one source for both."""
+    import re
+
+    found = re.search(r"\$\{" + variable + r":-([^}]+)\}", COMPOSE_FILE.read_text(encoding="utf-8"))
+    if not found:
+        raise LookupError(f"docker-compose.yml pins no {variable}")
+    return found.group(1)
+
+
+def reap_orphans() -> None:
+    """Remove the test containers and networks of earlier runs whose process is gone."""
+    listed = subprocess.run(["docker", "ps", "-a", "--filter", f"label={RUN_LABEL}",
+                             "--format", '{{.ID}} {{.Label "' + RUN_LABEL + '"}}'],
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    for line in filter(None, listed):
+        container, pid = line.split()
+        if not Path(f"/proc/{pid}").exists():
+            subprocess.run(["docker", "rm", "-f", "-v", container], capture_output=True)
+    subprocess.run(["docker", "network", "prune", "-f", "--filter", f"label={RUN_LABEL}"], capture_output=True)
+
+
+def _labelled(container):
+    return container.with_kwargs(labels={RUN_LABEL: str(os.getpid())})
 
 
 class DockerPostgres:
-    """PostgreSQL in a container; stop/kill/start act on the container."""
+    """PostgreSQL in a container of the image docker-compose.yml pins; stop/kill/start act on the container.
+
+    Like the native test server it trades durability for speed (fsync off):
+    these are test databases, not the production settings.
+    """
 
     superuser = "postgres"
 
     def __init__(self, password: str) -> None:
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
 
+        reap_orphans()
         self.password = password
-        self._container = PostgresContainer(POSTGRES_IMAGE, username="postgres", password=password, dbname="postgres")
+        self._container = _labelled(PostgresContainer(
+            compose_image("POSTGRES_IMAGE"), username="postgres", password=password, dbname="postgres"))
+        self._container.with_command("postgres -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                                     "-c max_connections=300")
         self._container.start()
         self.host = self._container.get_container_host_ip()
         self.port = int(self._container.get_exposed_port(5432))
@@ -85,6 +123,11 @@ class DockerPostgres:
             password = self.password
         auth = user + (f":{password}" if password else "")
         return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}"
+
+    def running(self) -> bool:
+        wrapped = self._container.get_wrapped_container()
+        wrapped.reload()
+        return wrapped.status == "running"
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
         self._container.get_wrapped_container().stop(timeout=int(timeout))
@@ -99,9 +142,10 @@ class DockerPostgres:
         self.port = int(wrapped.ports["5432/tcp"][0]["HostPort"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if wrapped.exec_run(["pg_isready", "-U", "postgres"]).exit_code == 0:
+            if wrapped.exec_run(["pg_isready", "--host=127.0.0.1", "-U", "postgres"]).exit_code == 0:
                 return
             time.sleep(0.2)
+        raise RuntimeError(f"PostgreSQL container not ready within {timeout}s")
 
     def destroy(self) -> None:
         self._container.stop()
@@ -148,14 +192,14 @@ class DockerKafkaCluster:
         from testcontainers.core.container import DockerContainer
         from testcontainers.core.network import Network
 
-        self.network = Network().create()
+        self.network = Network(docker_network_kw={"labels": {RUN_LABEL: str(os.getpid())}}).create()
         ports = [free_port() for _ in range(3)]
         voters = ",".join(f"{i}@kafka-{i}:9093" for i in (1, 2, 3))
         cluster_id = "tillflow-test-cluster-0"
         self.nodes = []
         for i, port in zip((1, 2, 3), ports):
-            container = (
-                DockerContainer(KAFKA_IMAGE)
+            container = _labelled(
+                DockerContainer(compose_image("KAFKA_IMAGE"))
                 .with_network(self.network)
                 .with_network_aliases(f"kafka-{i}")
                 .with_bind_ports(port, port)
@@ -176,6 +220,9 @@ class DockerKafkaCluster:
                 .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
                 .with_env("KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE", "false")
                 .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+                # The native test brokers' heap and JVM options (devstack/kafka.py).
+                .with_env("KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m")
+                .with_env("KAFKA_JVM_PERFORMANCE_OPTS", JVM_PERFORMANCE_OPTS)
             )
             container.start()
             self.nodes.append(_DockerKafkaNode(container, i, port))

@@ -16,7 +16,7 @@ def test_the_api_is_the_only_published_ingest_port_bound_to_loopback_by_default(
     services = compose()["services"]
     api = services["api"]
     assert api["command"] == ["serve"] and api["restart"] == "always"
-    assert api["ports"] == ["${TILLFLOW_BIND:-127.0.0.1}:8000:8000"]
+    assert api["ports"] == ["${TILLFLOW_BIND:-127.0.0.1}:${TILLFLOW_API_PORT:-8000}:8000"]
     assert api["environment"]["API_HOST"] == "0.0.0.0" and str(api["environment"]["API_PORT"]) == "8000"
     published = {name for name, svc in services.items() if svc.get("ports")}
     assert published <= {"api", "grafana"}

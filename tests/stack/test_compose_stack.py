@@ -1,0 +1,334 @@
+"""docker-compose.yml end to end, as the README tells an admin to run it.
+
+One stack for the module (tests/stack/conftest.py): `docker compose up -d
+--build` from a copy of the checkout with its own secrets and inbox. Then what
+an admin and the tills do (a CSV in the inbox, a token, a POST, a WebSocket
+transaction, make smoke, make backup and make restore), what Prometheus sees,
+and the faults: kill -9 of each broker, PostgreSQL, the consumer and the API
+while transactions are posted, and a restart of the Docker daemon. Every fault
+is judged on sets of ids: each acknowledged transaction stored, none twice.
+
+The tests run in file order and share the stack: each leaves it healthy.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from devstack import datagen
+from support.compose import ROOT, ComposeStack
+
+LONG_RUNNING = ("kafka-1", "kafka-2", "kafka-3", "postgres", "consumer", "watcher", "api", "prometheus",
+                "postgres-exporter", "backup")
+BACK_WITHIN = 240  # seconds for a killed service to be healthy again by restart: always
+DAY = datetime.date(2026, 3, 9)
+
+
+def transaction(store: str = "main") -> dict:
+    cents = 100 + uuid.uuid4().int % 9000
+    excl = Decimal(cents) / 100
+    return {"id": str(uuid.uuid4()), "transaction_date": DAY.isoformat(), "category": "SELL", "name": "Bread",
+            "quantity": 1, "amount_excl_tax": str(excl),
+            "amount_inc_tax": str((excl * Decimal("1.2")).quantize(Decimal("0.01"))), "store_id": store}
+
+
+def stored_ids(stack: ComposeStack, ids: set[str]) -> set[str]:
+    found: set[str] = set()
+    chunk = sorted(ids)
+    for start in range(0, len(chunk), 500):
+        part = ",".join(f"'{i}'" for i in chunk[start:start + 500])
+        found |= {row[0] for row in stack.psql(f"SELECT id FROM sales.transactions WHERE id IN ({part})")}
+    return found
+
+
+def wait_until(what: str, check, timeout: float, every: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def api(stack: ComposeStack) -> str:
+    return f"http://127.0.0.1:{stack.settings['TILLFLOW_API_PORT']}"
+
+
+@pytest.fixture(scope="module")
+def token(stack: ComposeStack) -> str:
+    """As the README says: docker compose run --rm smoke token create --store main."""
+    done = stack.compose("run", "--rm", "-T", "smoke", "token", "create", "--store", "main", "--name", "e2e")
+    made = done.stdout.strip().splitlines()[-1]
+    assert made.startswith("tillflow_"), done.stdout
+    return made
+
+
+class Tills:
+    """Posts batches of transactions through the API until stopped, retrying
+    failures with new ids; records what was sent and what was acknowledged (200)."""
+
+    def __init__(self, api: str, token: str, batch: int = 5, every: float = 0.05) -> None:
+        self.api, self.token, self.batch, self.every = api, token, batch, every
+        self.sent: set[str] = set()
+        self.acknowledged: set[str] = set()
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Tills:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def _run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        with httpx.Client(base_url=self.api, headers=headers, timeout=15) as client:
+            while not self._stop.is_set():
+                items = [transaction() for _ in range(self.batch)]
+                self.sent |= {i["id"] for i in items}
+                try:
+                    answer = client.post("/v1/transactions", json=items)
+                    if answer.status_code == 200:
+                        self.acknowledged |= {i["id"] for i in items}
+                    else:
+                        self.failures += 1
+                except httpx.HTTPError:
+                    self.failures += 1
+                self._stop.wait(self.every)
+
+    def wait_acknowledged(self, more: int, timeout: float = 120) -> None:
+        target = len(self.acknowledged) + more
+        wait_until(f"{more} more acknowledged", lambda: len(self.acknowledged) >= target, timeout, every=0.5)
+
+
+def assert_exactly_once(stack: ComposeStack, tills: Tills) -> None:
+    """Every acknowledged transaction stored, nothing stored that was never sent, none twice."""
+    wait_until("every acknowledged transaction stored",
+               lambda: stored_ids(stack, tills.acknowledged) == tills.acknowledged, 180)
+    stored = stored_ids(stack, tills.sent)
+    assert tills.acknowledged <= stored <= tills.sent
+    ids = ",".join(f"'{i}'" for i in sorted(stored))
+    (total, distinct), = stack.psql(f"SELECT count(*), count(DISTINCT id) FROM sales.transactions WHERE id IN ({ids})")
+    assert int(total) == int(distinct) == len(stored)
+
+
+# ---------------------------------------------------------------- the first up
+def test_every_service_is_healthy_and_the_one_shots_exited_0(stack: ComposeStack):
+    assert not stack.unhealthy(stack.started_services)
+    assert stack.first_up_seconds < 900
+    for service in LONG_RUNNING:
+        assert stack.inspect(stack.container(service)["ID"])["HostConfig"]["RestartPolicy"]["Name"] == "always"
+
+
+def test_the_tillflow_image_was_built_once(stack: ComposeStack):
+    output = stack.up_output.stdout + stack.up_output.stderr
+    tagged = re.findall(r"Successfully tagged (\S+)|naming to \S*?(tillflow:\S+)", output)
+    names = [a or b for a, b in tagged]
+    assert names.count(stack.image_of("migrate")) <= 1, output[-3000:]
+    built = re.findall(r"Image (\S+) Built", output)
+    assert len(built) <= 1, f"built more than once: {built}"
+
+
+def test_secrets_are_files_only_their_services_read(stack: ComposeStack):
+    env = stack.inspect(stack.container("consumer")["ID"])["Config"]["Env"]
+    assert not [e for e in env if "PASSWORD=" in e], "passwords travel as secret files, never in the environment"
+    assert stack.exec("consumer", "test", "-r", "/run/secrets/tillflow_writer_password").returncode == 0
+    assert stack.exec("consumer", "test", "-e", "/run/secrets/postgres_password", check=False).returncode != 0
+
+
+# ---------------------------------------------------------------- what admins and tills do
+def test_a_csv_in_the_inbox_is_stored_and_archived(stack: ComposeStack):
+    items = list(datagen.rows(300, seed=7, start=DAY, days=1))
+    path = datagen.write_csv(stack.dir / "inbox" / datagen.csv_name(DAY), items)
+    started = time.monotonic()
+    ids = {str(i.id) for i in items}
+    wait_until("the CSV's rows stored", lambda: stored_ids(stack, ids) == ids, 120, every=1)
+    print(f"\nCSV of {len(items)} rows stored {time.monotonic() - started:.1f} s after it was dropped")
+    assert not path.exists()
+    archived = stack.exec("watcher", "find", "/data/archive", "-name", path.name).stdout.split()
+    assert len(archived) == 1
+
+
+def test_a_token_a_post_and_a_websocket_transaction_are_stored(stack: ComposeStack, api: str, token: str):
+    posted = [transaction() for _ in range(3)]
+    answer = httpx.post(f"{api}/v1/transactions", json=posted, headers={"Authorization": f"Bearer {token}"},
+                        timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert httpx.post(f"{api}/v1/transactions", json=posted[:1], timeout=30).status_code == 401
+
+    streamed = transaction()
+
+    async def till() -> dict:
+        async with connect(f"ws://127.0.0.1:{stack.settings['TILLFLOW_API_PORT']}/v1/stream",
+                           additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=30) as ws:
+            await ws.send(json.dumps(streamed))
+            return json.loads(await ws.recv())
+
+    assert asyncio.run(till())["id"] == streamed["id"]
+    ids = {i["id"] for i in posted} | {streamed["id"]}
+    wait_until("the API's transactions stored", lambda: stored_ids(stack, ids) == ids, 60, every=1)
+    sources = stack.psql(f"SELECT DISTINCT source FROM sales.transactions WHERE id = '{streamed['id']}'")
+    assert sources == [("ws",)]
+
+
+def test_make_smoke_passes(stack: ComposeStack):
+    done = stack.make("smoke", timeout=300)
+    assert "ok" in done.stdout.lower() or done.returncode == 0
+
+
+def test_make_backup_and_both_restores(stack: ComposeStack):
+    stack.make("backup", timeout=600)
+    listing = stack.exec("backup", "tillflow", "backup", "list").stdout
+    names = re.findall(r"^(\S+)", listing, re.MULTILINE)
+    newest = [n for n in names if re.match(r"\d{8}T\d{6}Z", n)]
+    assert newest, listing
+    (before,), = stack.psql("SELECT count(*) FROM sales.transactions")
+    done = stack.make("restore", f"FILE={newest[-1]}", timeout=900)
+    assert "restored" in (done.stdout + done.stderr).lower()
+    done = stack.make("restore", f"FILE={newest[-1]}", "REPLACE=1", timeout=900)
+    (after,), = stack.psql("SELECT count(*) FROM sales.transactions")
+    assert after == before
+    stack.wait_healthy(stack.started_services, BACK_WITHIN)
+
+
+def prometheus_targets(stack: ComposeStack) -> list[dict]:
+    done = stack.exec("prometheus", "wget", "-q", "-O", "-", "http://127.0.0.1:9090/api/v1/targets?state=active")
+    return json.loads(done.stdout)["data"]["activeTargets"]
+
+
+def test_every_prometheus_target_is_up(stack: ComposeStack):
+    def all_up():
+        targets = prometheus_targets(stack)
+        jobs = {t["labels"]["job"] for t in targets}
+        return targets if jobs >= {"consumer", "watcher", "api", "backup", "postgres", "prometheus"} and all(
+            t["health"] == "up" for t in targets) else None
+
+    wait_until("every Prometheus target up", all_up, 120)
+
+
+def test_a_replaced_consumer_leaves_no_stale_target(stack: ComposeStack):
+    stack.compose("up", "-d", "--no-deps", "--force-recreate", "consumer", timeout=300)
+    stack.wait_healthy(["consumer"], BACK_WITHIN)
+
+    def one_consumer():
+        consumer = [t for t in prometheus_targets(stack) if t["labels"]["job"] == "consumer"]
+        return len(consumer) == 1 and consumer[0]["health"] == "up"
+
+    wait_until("one consumer target, up", one_consumer, 90)
+    foreign = stack.exec("prometheus", "wget", "-q", "-O", "-",
+                         "http://127.0.0.1:9090/api/v1/query?query=count(%7Bjob%3D%22consumer%22%2C"
+                         "__name__%3D~%22tillflow_watch_.%2A%7Ctillflow_backup_.%2A%22%7D)").stdout
+    assert json.loads(foreign)["data"]["result"] == [], "the consumer job scraped another service's metrics"
+
+
+# ---------------------------------------------------------------- deploy/redeploy
+def redeploy(stack: ComposeStack, *args: str, **env: str) -> subprocess.CompletedProcess:
+    settings = {"DEPLOY_HEALTH_TIMEOUT": "300", "DEPLOY_POLL_INTERVAL": "2", **env}
+    return stack.sh([sys.executable, "deploy/redeploy", *args], env=settings, timeout=1800, check=False)
+
+
+def test_redeploy_deploys_a_good_commit_and_it_passes_smoke(stack: ComposeStack):
+    good = stack.push_change("README.md", lambda text: text + "\n<!-- e2e: a harmless change -->\n",
+                             "e2e: a good commit")
+    done = redeploy(stack)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert stack.git("rev-parse", "HEAD") == good
+    stack.make("smoke", timeout=300)
+
+
+def test_redeploy_rolls_back_a_commit_whose_service_fails_its_health_check(stack: ComposeStack, api: str):
+    before = stack.git("rev-parse", "HEAD")
+    stack.push_change("docker-compose.yml",
+                      lambda text: text.replace("r.urlopen('http://127.0.0.1:8000/healthz', timeout=4)",
+                                                "r.urlopen('http://127.0.0.1:8000/no-such-page', timeout=4)", 1),
+                      "e2e: an API whose health check fails")
+    done = redeploy(stack, DEPLOY_HEALTH_TIMEOUT="100")
+    assert done.returncode == 1, done.stdout[-5000:] + done.stderr[-2000:]
+    assert stack.git("rev-parse", "HEAD") == before, "the previous commit runs again"
+    stack.wait_healthy(stack.started_services, BACK_WITHIN)
+    assert httpx.get(f"{api}/healthz", timeout=10).status_code == 200
+    stack.make("smoke", timeout=300)
+    # main still points at the failing commit: the next run does not try it again
+    again = redeploy(stack)
+    assert again.returncode == 2 and "failed before" in again.stdout + again.stderr, again.stdout[-3000:]
+
+
+def test_a_second_deploy_while_one_runs_waits_or_refuses(stack: ComposeStack):
+    stack.push_change("docker-compose.yml",
+                      lambda text: text.replace("r.urlopen('http://127.0.0.1:8000/no-such-page', timeout=4)",
+                                                "r.urlopen('http://127.0.0.1:8000/healthz', timeout=4)", 1),
+                      "e2e: the API's health check mended")
+    first = subprocess.Popen([sys.executable, "deploy/redeploy"], cwd=stack.dir, env={**stack.env,
+                             "DEPLOY_HEALTH_TIMEOUT": "300", "DEPLOY_POLL_INTERVAL": "2"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)  # the first takes the lock at once, then builds, waits for health and smokes
+        second = redeploy(stack, DEPLOY_LOCK_TIMEOUT="3")
+        assert second.returncode == 2, second.stdout[-3000:]
+        assert "lock" in (second.stdout + second.stderr).lower()
+    finally:
+        out, _ = first.communicate(timeout=1800)
+    assert first.returncode == 0, out[-5000:]
+    stack.wait_healthy(stack.started_services, BACK_WITHIN)
+
+
+# ---------------------------------------------------------------- faults
+@pytest.mark.parametrize("service", ["kafka-1", "kafka-2", "kafka-3", "postgres", "consumer", "api"])
+def test_kill_9_while_tills_post_loses_nothing_and_restart_always_brings_it_back(
+        stack: ComposeStack, api: str, token: str, service: str):
+    restarts = stack.restart_count(service)
+    with Tills(api, token) as tills:
+        tills.wait_acknowledged(50)
+        stack.kill9(service)
+        wait_until(f"{service} restarted by Docker", lambda: stack.restart_count(service) > restarts, 60, every=1)
+        stack.wait_healthy([service], BACK_WITHIN)
+        tills.wait_acknowledged(50, timeout=180)
+    print(f"\nkill -9 {service}: sent {len(tills.sent)}, acknowledged {len(tills.acknowledged)}, "
+          f"failed requests {tills.failures}")
+    assert_exactly_once(stack, tills)
+    stack.wait_healthy(stack.started_services, BACK_WITHIN)
+
+
+def test_a_docker_daemon_restart_brings_every_service_back_and_loses_nothing(
+        stack: ComposeStack, api: str, token: str):
+    with Tills(api, token) as tills:
+        tills.wait_acknowledged(50)
+        started = time.monotonic()
+        restart_docker_daemon()
+        stack.wait_healthy([s for s in stack.started_services if s not in ("migrate", "kafka-init")], 420)
+        back = time.monotonic() - started
+        tills.wait_acknowledged(50, timeout=240)
+    print(f"\ndockerd restart: every service healthy again in {back:.0f} s; sent {len(tills.sent)}, "
+          f"acknowledged {len(tills.acknowledged)}")
+    assert_exactly_once(stack, tills)
+
+
+def restart_docker_daemon() -> None:
+    """SIGTERM to dockerd (it stops every container), then start it again the way make test does."""
+    pids = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()
+    assert len(pids) == 1, f"dockerd pids: {pids}"
+    subprocess.run(["kill", "-TERM", pids[0]], check=True)
+    wait_until("dockerd to exit", lambda: subprocess.run(["kill", "-0", pids[0]], capture_output=True).returncode,
+               120, every=0.5)
+    # A service manager may start it again by itself; else start it as make test does.
+    time.sleep(3)
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        subprocess.run(["bash", str(ROOT / "scripts" / "docker-engine")], check=True, timeout=300)
