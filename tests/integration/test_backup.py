@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -34,8 +33,8 @@ from backup.restore import restore
 from backup.store import Store
 from backup.tools import Server, find_bindir
 from devstack import datagen
-from devstack.postgres import NativePostgres
 from devstack.proc import free_port
+from support import services
 from support.services import make_root
 from tillflow.config import Settings
 
@@ -482,8 +481,7 @@ def test_a_restore_into_a_fresh_server_recreates_roles_without_ownership_errors(
     stored = insert(migrated_db, 1500, seed=14)
     backup = dump.run(context(migrated_db.url("backup"), tmp_path)).backup
     root = make_root()
-    fresh = NativePostgres(root / "postgres", free_port(), secrets.token_hex(12), attached=True, durable=False)
-    fresh.start()
+    fresh = services.start_fresh_postgres(root)
     try:
         result = restore(context(fresh.url(dbname="tillflow"), tmp_path), backup, target="tillflow")
         assert {"tillflow_owner", "tillflow_writer", "tillflow_reader", "tillflow_backup"} <= set(result.created_roles)

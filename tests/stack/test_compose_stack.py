@@ -197,13 +197,13 @@ def test_make_smoke_passes(stack: ComposeStack):
 def test_make_backup_and_both_restores(stack: ComposeStack):
     stack.make("backup", timeout=600)
     listing = stack.exec("backup", "tillflow", "backup", "list").stdout
-    names = re.findall(r"^(\S+)", listing, re.MULTILINE)
-    newest = [n for n in names if re.match(r"\d{8}T\d{6}Z", n)]
+    newest = sorted(re.findall(r"^(\S+-\d{8}T\d{6}Z)\s", listing, re.MULTILINE))
     assert newest, listing
     (before,), = stack.psql("SELECT count(*) FROM sales.transactions")
     done = stack.make("restore", f"FILE={newest[-1]}", timeout=900)
-    assert "restored" in (done.stdout + done.stderr).lower()
+    assert f"restored {newest[-1]}" in done.stdout + done.stderr
     done = stack.make("restore", f"FILE={newest[-1]}", "REPLACE=1", timeout=900)
+    assert f"restored {newest[-1]}" in done.stdout + done.stderr
     (after,), = stack.psql("SELECT count(*) FROM sales.transactions")
     assert after == before
     stack.wait_healthy(stack.started_services, BACK_WITHIN)

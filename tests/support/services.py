@@ -51,6 +51,12 @@ def start_postgres(root: Path):
     return server
 
 
+def start_fresh_postgres(root: Path):
+    """Another PostgreSQL server of the session's kind, for tests that need a server
+    that never saw Tillflow; ``destroy()`` removes it."""
+    return start_postgres(root)
+
+
 def start_kafka(root: Path):
     if docker_available():
         return DockerKafkaCluster()
@@ -110,13 +116,16 @@ class DockerPostgres:
 
         reap_orphans()
         self.password = password
+        # A host port fixed up front, as the native server's: a restarted
+        # container keeps its address, so clients reconnect as to a real server.
+        self.host, self.port = "127.0.0.1", free_port()
         self._container = _labelled(PostgresContainer(
             compose_image("POSTGRES_IMAGE"), username="postgres", password=password, dbname="postgres"))
-        self._container.with_command("postgres -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                                     "-c max_connections=300")
+        self._container.with_bind_ports(5432, self.port)
+        # The native test server's settings (devstack NativePostgres, durable=False):
+        # the OS never crashes under a test server, only the server does.
+        self._container.with_command("postgres -c fsync=off -c full_page_writes=off -c max_connections=300")
         self._container.start()
-        self.host = self._container.get_container_host_ip()
-        self.port = int(self._container.get_exposed_port(5432))
 
     def url(self, user: str = "postgres", password: str | None = None, dbname: str = "postgres") -> str:
         if user == self.superuser and password is None:
@@ -138,8 +147,6 @@ class DockerPostgres:
     def start(self, timeout: float = 60) -> None:
         wrapped = self._container.get_wrapped_container()
         wrapped.start()
-        wrapped.reload()
-        self.port = int(wrapped.ports["5432/tcp"][0]["HostPort"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if wrapped.exec_run(["pg_isready", "--host=127.0.0.1", "-U", "postgres"]).exit_code == 0:
@@ -149,6 +156,30 @@ class DockerPostgres:
 
     def destroy(self) -> None:
         self._container.stop()
+
+
+# ApiVersions v0: size 12, api_key 18, version 0, correlation id 1, client id "hc"
+# (the request docker-compose.yml's broker healthcheck sends).
+_API_VERSIONS = bytes.fromhex("0000000c" "0012" "0000" "00000001" "0002") + b"hc"
+
+
+def kafka_answers(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a Kafka broker on host:port answers ApiVersions with error code 0."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=3) as sock:
+            sock.settimeout(3)
+            sock.sendall(_API_VERSIONS)
+            head = b""
+            while len(head) < 10:
+                chunk = sock.recv(10 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+    except OSError:
+        return False
+    return head[4:10] == bytes.fromhex("000000010000")
 
 
 class _DockerKafkaNode:
@@ -171,9 +202,13 @@ class _DockerKafkaNode:
         self.container.get_wrapped_container().start()
 
     def wait_listening(self, timeout: float = 90) -> None:
-        from devstack.proc import wait_for_port
-
-        wait_for_port(self.port, timeout, what=f"Kafka container {self.node_id}")
+        """Until the broker answers a Kafka request: Docker's port proxy accepts
+        connections as soon as the container starts, long before Kafka does."""
+        deadline = time.monotonic() + timeout
+        while not kafka_answers(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka container {self.node_id} did not answer within {timeout}s")
+            time.sleep(0.3)
 
     def running(self) -> bool:
         wrapped = self.container.get_wrapped_container()
