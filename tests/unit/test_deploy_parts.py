@@ -202,3 +202,19 @@ def test_a_trigger_while_a_deploy_runs_queues_one_more_run(tmp_path):
     gate.set()
     runner.join(10)
     assert len(runs) == 2
+
+
+def test_a_deploy_lock_that_times_out_is_refused_and_releases_cleanly(tmp_path):
+    """A second deploy given up on after DEPLOY_LOCK_TIMEOUT returns False and can be
+    released like any other (it once closed its descriptor twice and crashed with exit 1)."""
+    said: list[str] = []
+    holder = redeploy.DeployLock(tmp_path / "lock", 1.0, said.append)
+    assert holder.acquire()
+    waiter = redeploy.DeployLock(tmp_path / "lock", 0.3, said.append)
+    assert not waiter.acquire()
+    waiter.release()
+    assert any("waiting for it to finish" in line for line in said)
+    holder.release()
+    again = redeploy.DeployLock(tmp_path / "lock", 0.3, said.append)
+    assert again.acquire()
+    again.release()
