@@ -82,7 +82,11 @@ class ComposeStack:
             self.sh(["git", "clone", "-q", str(self.origin), str(pusher)])
         self.git("pull", "-q", "--ff-only", cwd=pusher)
         target = pusher / path
-        target.write_text(change(target.read_text(encoding="utf-8")), encoding="utf-8")
+        text = target.read_text(encoding="utf-8")
+        changed = change(text)
+        if changed == text:  # nothing to change: main stays where it is
+            return self.git("rev-parse", "HEAD", cwd=pusher)
+        target.write_text(changed, encoding="utf-8")
         self.git("commit", "-q", "-am", message, cwd=pusher)
         self.git("push", "-q", "origin", "main", cwd=pusher)
         return self.git("rev-parse", "HEAD", cwd=pusher)
