@@ -38,7 +38,7 @@ def services_root():
 def postgres(services_root):
     server = services.start_postgres(services_root)
     yield server
-    server.destroy() if hasattr(server, "destroy") else server.stop()
+    server.destroy()
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +62,7 @@ def running_kafka(kafka):
 @pytest.fixture
 def running_postgres(postgres):
     """The server up, whatever an earlier fault test did."""
-    if hasattr(postgres, "running") and not postgres.running():
+    if not postgres.running():
         postgres.start()
     return postgres
 
@@ -110,7 +110,7 @@ def migrated_db(running_postgres, role_passwords):
     apply_migrations(running_postgres.url(dbname=name), role_passwords=role_passwords)
     db = MigratedDatabase(name, running_postgres, role_passwords)
     yield db
-    if hasattr(running_postgres, "running") and not running_postgres.running():
+    if not running_postgres.running():
         running_postgres.start()
     with _admin(running_postgres) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

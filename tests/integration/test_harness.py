@@ -52,7 +52,15 @@ def test_topic_is_replicated_three_times_with_min_isr_two(running_kafka):
     create_topic(running_kafka.bootstrap_servers, name, partitions=3)
     admin = KafkaAdminClient(bootstrap_servers=running_kafka.bootstrap_servers)
     try:
-        (described,) = admin.describe_topics([name])
+        # A new topic's metadata reaches every broker shortly after the create returns.
+        deadline = time.monotonic() + 30
+        while True:
+            (described,) = admin.describe_topics([name])
+            settled = len(described["partitions"]) == 3 and all(
+                len(p["isr_nodes"]) == 3 for p in described["partitions"])
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert len(described["partitions"]) == 3
         for partition in described["partitions"]:
             assert sorted(partition["replica_nodes"]) == [1, 2, 3]
