@@ -36,8 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.compose import ComposeStack, image_present  # noqa: E402
-from support.services import compose_image  # noqa: E402
+from support.compose import ComposeStack  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "idle.json"
 CGROUP_CPU = Path("/sys/fs/cgroup/cpuacct/docker")
@@ -120,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, str(REPO / "tests" / "images" / "build")], check=True)
     workdir = REPO / "build" / "bench-idle" / "tillflow"
     subprocess.run(["rm", "-rf", str(workdir.parent)], check=True)
-    grafana = image_present(compose_image("GRAFANA_IMAGE"))
     stack = ComposeStack(workdir, {"TILLFLOW_API_PORT": "18000", "GRAFANA_PORT": "13000"})
-    stack.prepare(without_grafana=not grafana)
+    stack.prepare()
+    grafana = not stack.without_grafana
     if not grafana:
         log("WITHOUT GRAFANA: its image cannot be had here (docs/images.md); every other service is measured")
     base = ["docker-compose.yml"] + ([] if grafana else ["tests/stack/without-grafana.yml"])

@@ -481,7 +481,7 @@ def test_a_restore_into_a_fresh_server_recreates_roles_without_ownership_errors(
     stored = insert(migrated_db, 1500, seed=14)
     backup = dump.run(context(migrated_db.url("backup"), tmp_path)).backup
     root = make_root()
-    fresh = services.start_fresh_postgres(root)
+    fresh = services.start_postgres(root)  # a server of the session's kind that never saw Tillflow
     try:
         result = restore(context(fresh.url(dbname="tillflow"), tmp_path), backup, target="tillflow")
         assert {"tillflow_owner", "tillflow_writer", "tillflow_reader", "tillflow_backup"} <= set(result.created_roles)

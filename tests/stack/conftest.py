@@ -17,8 +17,7 @@ import time
 import pytest
 
 from devstack.proc import free_port
-from support.compose import PROJECT, ROOT, ComposeStack, image_present
-from support.services import compose_image
+from support.compose import PROJECT, ROOT, ComposeStack
 
 # Fixed volume names (docker-compose.yml): a stack of the same names that this
 # test did not make is somebody's data, never to be touched.
@@ -54,13 +53,11 @@ def stack(tmp_path_factory) -> ComposeStack:
         "WATCH_INTERVAL_SECONDS": "1",
         "WATCH_SETTLE_SECONDS": "1",
     })
-    grafana_image = compose_image("GRAFANA_IMAGE")
-    without_grafana = not image_present(grafana_image)
-    stack.prepare(without_grafana=without_grafana)
+    stack.prepare()
     stack.down()  # what an interrupted earlier run left
     services = stack.services()
-    if without_grafana:
-        print(f"\ncompose stack: WITHOUT GRAFANA: its image ({grafana_image}) cannot be pulled here and has no "
+    if stack.without_grafana:
+        print(f"\ncompose stack: WITHOUT GRAFANA: its image ({stack.grafana_image}) cannot be pulled here and has no "
               "stand-in (docs/images.md); every other service runs.", flush=True)
     started = time.monotonic()
     stack.started_services = services

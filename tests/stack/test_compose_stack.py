@@ -21,13 +21,13 @@ import sys
 import threading
 import time
 import uuid
-from decimal import Decimal
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
 from devstack import datagen
+from support.api import transaction as api_transaction
 from support.compose import ROOT, ComposeStack
 
 LONG_RUNNING = ("kafka-1", "kafka-2", "kafka-3", "postgres", "consumer", "watcher", "api", "prometheus",
@@ -36,12 +36,8 @@ BACK_WITHIN = 240  # seconds for a killed service to be healthy again by restart
 DAY = datetime.date(2026, 3, 9)
 
 
-def transaction(store: str = "main") -> dict:
-    cents = 100 + uuid.uuid4().int % 9000
-    excl = Decimal(cents) / 100
-    return {"id": str(uuid.uuid4()), "transaction_date": DAY.isoformat(), "category": "SELL", "name": "Bread",
-            "quantity": 1, "amount_excl_tax": str(excl),
-            "amount_inc_tax": str((excl * Decimal("1.2")).quantize(Decimal("0.01"))), "store_id": store}
+def transaction() -> dict:
+    return api_transaction(store_id="main", cents=100 + uuid.uuid4().int % 9000)
 
 
 def stored_ids(stack: ComposeStack, ids: set[str]) -> set[str]:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "tillflow-e2e"
-GRAFANA = "grafana"
 
 
 class ComposeError(AssertionError):
@@ -44,10 +43,15 @@ class ComposeStack:
             self.env.pop(key, None)
 
     # ------------------------------------------------------------ set-up
-    def prepare(self, *, without_grafana: bool) -> None:
+    def prepare(self) -> None:
         """A clone of the checkout's files (a git work tree whose origin is ``origin.git``
         beside it, as deploy/redeploy expects), with .env, secrets and the inbox as the
-        README's quick start makes them."""
+        README's quick start makes them. Without Grafana where its image is missing
+        (``without_grafana``, ``grafana_image``)."""
+        from support.services import compose_image
+
+        self.grafana_image = compose_image("GRAFANA_IMAGE")
+        self.without_grafana = not image_present(self.grafana_image)
         self.dir.mkdir(parents=True, exist_ok=True)
         for name in tracked_files():
             source, target = ROOT / name, self.dir / name
@@ -63,7 +67,7 @@ class ComposeStack:
         self.git("fetch", "-q", "origin")
         self.git("branch", "-q", "--set-upstream-to=origin/main", "main")
         settings = {"COMPOSE_PROJECT_NAME": PROJECT, **self.settings}
-        if without_grafana:
+        if self.without_grafana:
             # Grafana under a profile nobody enables: up, make and deploy/redeploy leave it out.
             settings["COMPOSE_FILE"] = "docker-compose.yml:tests/stack/without-grafana.yml"
         (self.dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
@@ -109,10 +113,6 @@ class ComposeStack:
     def services(self) -> list[str]:
         """The services `up` starts: every one without a profile of its own."""
         return self.compose("config", "--services").stdout.split()
-
-    def image_of(self, service: str) -> str:
-        config = json.loads(self.compose("config", "--format", "json").stdout)
-        return config["services"][service]["image"]
 
     def containers(self) -> list[dict]:
         out = self.compose("ps", "--all", "--format", "json").stdout.strip()
@@ -160,13 +160,10 @@ class ComposeStack:
                     if state != "exited" or c.get("ExitCode") != 0:
                         wrong[name] = f"{state} (exit {c.get('ExitCode')})"
                 elif state != "running" or health not in ("healthy", ""):
+                    # "" only for a container without a healthcheck; one with it is
+                    # "starting" until its first verdict.
                     wrong[name] = f"{state} {health}".strip()
-                elif health == "" and self._has_healthcheck(c):
-                    wrong[name] = "no health yet"
         return wrong
-
-    def _has_healthcheck(self, container: dict) -> bool:
-        return bool(self.inspect(container["ID"])["Config"].get("Healthcheck"))
 
     def wait_healthy(self, services: list[str], timeout: float) -> float:
         started = time.monotonic()

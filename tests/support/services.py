@@ -12,6 +12,7 @@ Both expose the same surface, so tests never know which:
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -51,12 +52,6 @@ def start_postgres(root: Path):
     return server
 
 
-def start_fresh_postgres(root: Path):
-    """Another PostgreSQL server of the session's kind, for tests that need a server
-    that never saw Tillflow; ``destroy()`` removes it."""
-    return start_postgres(root)
-
-
 def start_kafka(root: Path):
     if docker_available():
         return DockerKafkaCluster()
@@ -78,8 +73,6 @@ COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 def compose_image(variable: str) -> str:
     """The image docker-compose.yml pins as ${VARIABLE:-default}: one source for both."""
-    import re
-
     found = re.search(r"\$\{" + variable + r":-([^}]+)\}", COMPOSE_FILE.read_text(encoding="utf-8"))
     if not found:
         raise LookupError(f"docker-compose.yml pins no {variable}")
