@@ -78,6 +78,13 @@ _REJECT_SQL = (
     "INSERT INTO ingest.rejects (transaction_id, raw, reasons, source, source_ref, source_line,"
     " kafka_topic, kafka_partition, kafka_offset) VALUES %s ON CONFLICT DO NOTHING"
 )
+# The batch's Kafka positions, in key order (replicas lock the rows in one order);
+# a position only moves forward (postgres/migrations/0010_kafka_positions.sql).
+_POSITIONS_SQL = (
+    "INSERT INTO ingest.kafka_positions AS p (topic, partition, next_offset) VALUES %s"
+    " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(p.next_offset, EXCLUDED.next_offset),"
+    " updated_at = now() WHERE p.next_offset < EXCLUDED.next_offset"
+)
 _MAX_ATTEMPTS_ON_RACE = 5
 _COPY_CHUNK = 64 * 1024  # bytes handed to COPY at a time
 _CONTENT_FIELDS = ROW_COLUMNS[1:8]
@@ -97,10 +104,16 @@ class Position(NamedTuple):
 
 @dataclass(slots=True)
 class Batch:
-    """Decoded records of one poll cycle, with their Kafka positions."""
+    """Decoded records of one poll cycle, with their Kafka positions.
+
+    ``positions``: per (topic, partition), the offset after the batch's last
+    record, stored with the batch (``ingest.kafka_positions``). Every record
+    before it in that partition is in this batch or an earlier one.
+    """
 
     transactions: list[tuple[TransactionRow, Position]] = field(default_factory=list)
     rejects: list[tuple[RejectMessage, Position]] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.transactions) + len(self.rejects)
@@ -222,6 +235,7 @@ class PostgresSink:
                         result = WriteResult()
                         self._write_transactions(cur, batch.transactions, result, lookup=not optimistic)
                         self._write_rejects(cur, batch.rejects, result)
+                        _write_positions(cur, batch.positions)
                 return result
             except psycopg2.errors.UniqueViolation as exc:
                 if optimistic:
@@ -337,9 +351,16 @@ class IsolatingSink(PostgresSink):
             except SinkError as exc:
                 result = super().write(Batch(rejects=[(_refused(row, pos, exc), pos)]))
             _add(total, result)
-        if batch.rejects:
-            _add(total, super().write(Batch(rejects=batch.rejects)))
+        # The positions go with the last write: were this process to die before
+        # it, they stay where the last whole batch left them, and the records
+        # above are replayed rather than skipped by a restore.
+        _add(total, super().write(Batch(rejects=batch.rejects, positions=batch.positions)))
         return total
+
+
+def _write_positions(cur, positions: dict[tuple[str, int], int]) -> None:
+    if positions:
+        psycopg2.extras.execute_values(cur, _POSITIONS_SQL, sorted((t, p, o) for (t, p), o in positions.items()))
 
 
 def _duplicate(row: TransactionRow, pos: Position) -> tuple:

@@ -8,7 +8,9 @@ One loop, in this order, forever:
 2. decode them (an undecodable message becomes a reject, never a crash): a
    message in the producer's exact layout goes straight to its COPY text
    (``consumer.rows.fast_row``), any other through ``tillflow.messages.decode``;
-3. write the batch in one PostgreSQL transaction (``consumer.sink``);
+3. write the batch in one PostgreSQL transaction (``consumer.sink``), with
+   the Kafka position it reaches in each partition (``ingest.kafka_positions``:
+   what a restore replays from);
 4. commit the batch's offsets to Kafka, only after the database commit.
 
 Steps 3 and 4 of one batch overlap steps 1 and 2 of the next: a writer thread
@@ -171,7 +173,9 @@ class Worker:
         """Consume until the batch is full or its time is up; decode as we go."""
         s = self.settings
         batch = Batch()
-        offsets: dict[tuple[str, int], int] = {}  # (topic, partition): next offset to commit
+        # (topic, partition): the next offset, committed to Kafka after the batch
+        # and stored with it in PostgreSQL (ingest.kafka_positions).
+        offsets = batch.positions
         topic_tx = s.topic_transactions
         deadline = time.monotonic() + s.consumer_batch_timeout_ms / 1000
         while len(batch) < s.consumer_batch_size and not self.stopping.is_set():

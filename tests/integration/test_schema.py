@@ -294,6 +294,8 @@ def test_rejects_and_conflicts_are_idempotent_on_their_kafka_position(migrated_d
         "UPDATE ingest.conflicts SET stored = '{}'",
         "TRUNCATE ingest.uploads",
         "UPDATE ingest.uploads SET file_name = 'other.csv'",
+        "DELETE FROM ingest.kafka_positions",
+        "UPDATE ingest.kafka_positions SET topic = 'other'",
         "SELECT * FROM analytics.daily_transactions",
         "INSERT INTO tillflow_meta.schema_migrations VALUES (9999, '9999_x.sql', 'x')",
     ],
