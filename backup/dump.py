@@ -161,6 +161,6 @@ def prune(store: Store, keep_daily: int, keep_weekly: int) -> list[str]:
     """Delete the backups retention does not keep; return their names."""
     backups = store.backups()
     keep = retention.to_keep(
-        [retention.Candidate(b.name, b.manifest.created, b.verified) for b in backups], keep_daily, keep_weekly
+        [retention.Candidate(b.name, b.manifest.created, b.verified, b.fully_verified) for b in backups], keep_daily, keep_weekly
     )
     return [b.name for b in backups if b.name not in keep and store.delete(b)]

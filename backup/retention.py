@@ -7,6 +7,10 @@ weeks without a backup do not use up a slot, so a pause in backups never
 empties the directory. On top of the slots, always kept:
 
 * the newest verified backup, whatever the settings (even 0 and 0);
+* the newest restore-tested backup (its full verification restored it into a
+  scratch database and compared it), however many newer backups passed only
+  their checksum check: until a newer one is restore-tested, it is the one
+  backup known to restore;
 * every backup newer than it: one not judged yet, or one that failed its
   verification, stays until a newer backup has been verified.
 
@@ -25,6 +29,7 @@ class Candidate:
     name: str
     created: datetime.datetime
     verified: bool
+    restore_tested: bool = False
 
 
 def to_keep(candidates: Iterable[Candidate], keep_daily: int, keep_weekly: int) -> set[str]:
@@ -35,6 +40,7 @@ def to_keep(candidates: Iterable[Candidate], keep_daily: int, keep_weekly: int) 
         return {c.name for c in ordered}
     newest = ordered.index(verified[0])
     kept = {c.name for c in ordered[: newest + 1]}
+    kept.update(next(([c.name] for c in ordered if c.restore_tested and c.verified), []))
 
     def slots(bucket: Callable[[datetime.datetime], Hashable], count: int) -> None:
         seen: set[Hashable] = set()

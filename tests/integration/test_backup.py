@@ -469,6 +469,25 @@ def test_retention_over_n_plus_3_runs_keeps_exactly_the_right_backups(migrated_d
     assert set(files(tmp_path)) == {f"{name}{suffix}" for name in expected for suffix in suffixes}
 
 
+def test_backups_taken_after_a_restore_test_never_prune_the_restore_tested_one(migrated_db, tmp_path):
+    """The report: a restore test at night, then `make backup` (keep 1 day, 0 weeks) pruned the
+    only restore-tested backup, and `backup list` showed none until the next night."""
+    insert(migrated_db, 50, seed=17)
+    clock = StepClock(datetime.datetime(2026, 3, 2, 3, tzinfo=UTC))
+    ctx = context(migrated_db.url("backup"), tmp_path, clock=clock, BACKUP_KEEP_DAILY="1", BACKUP_KEEP_WEEKLY="0")
+    tested = dump.run(ctx).backup.name
+    assert [(v.kind, v.ok) for _, v in verify.run_pass(ctx, [tested], full=True)] == [("quick", True), ("full", True)]
+    for hour in (9, 15, 21):
+        clock.now = clock.now.replace(hour=hour)
+        dump.run(ctx)
+    clock.now = datetime.datetime(2026, 3, 3, 9, tzinfo=UTC)
+    newest = dump.run(ctx).backup.name
+    left = {b.name: b.fully_verified for b in Store(tmp_path).backups()}
+    assert left == {tested: True, newest: False}
+    listed = tillflow(["backup", "list"], {"BACKUP_DIR": str(tmp_path)}).stdout
+    assert tested in listed
+
+
 # -- a restore into a new server ----------------------------------------------------------------
 
 

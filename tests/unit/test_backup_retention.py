@@ -16,8 +16,8 @@ def at(day: int, hour: int = 12) -> datetime.datetime:
     return datetime.datetime(2026, 1, 1, hour, tzinfo=UTC) + datetime.timedelta(days=day - 1)
 
 
-def candidate(day: int, hour: int = 12, verified: bool = True) -> Candidate:
-    return Candidate(f"db-{day:02d}-{hour:02d}", at(day, hour), verified)
+def candidate(day: int, hour: int = 12, verified: bool = True, restore_tested: bool = False) -> Candidate:
+    return Candidate(f"db-{day:02d}-{hour:02d}", at(day, hour), verified, restore_tested)
 
 
 def test_keeps_the_newest_backup_of_each_of_the_last_n_days():
@@ -60,6 +60,24 @@ def test_a_failed_backup_older_than_the_newest_verified_one_is_pruned():
     assert to_keep(backups, keep_daily=5, keep_weekly=5) == {"db-01-12", "db-03-12"}
 
 
+def test_the_newest_restore_tested_backup_survives_any_number_of_newer_checksum_checked_ones():
+    """The report: `make backup` after the nightly restore test pruned the only restore-tested backup."""
+    backups = [candidate(1, restore_tested=True)] + [candidate(1, hour) for hour in (13, 14, 15)] + [
+        candidate(day) for day in range(2, 9)]
+    for daily, weekly in ((0, 0), (1, 0), (7, 4), (0, 1)):
+        kept = to_keep(backups, keep_daily=daily, keep_weekly=weekly)
+        assert "db-01-12" in kept, (daily, weekly)
+    # Only the newest restore-tested one is held on to: an older one goes like any other.
+    backups.append(candidate(3, 6, restore_tested=True))
+    kept = to_keep(backups, keep_daily=1, keep_weekly=0)
+    assert kept == {"db-08-12", "db-03-06"}
+
+
+def test_a_restore_tested_backup_that_later_failed_a_check_is_not_held_on_to():
+    backups = [candidate(1, verified=False, restore_tested=True), candidate(2)]
+    assert to_keep(backups, keep_daily=1, keep_weekly=0) == {"db-02-12"}
+
+
 def test_nothing_is_pruned_while_no_backup_is_verified():
     backups = [candidate(day, verified=False) for day in range(1, 5)]
     assert to_keep(backups, keep_daily=1, keep_weekly=0) == {c.name for c in backups}
@@ -75,12 +93,12 @@ def test_days_are_utc_days():
 moments = st.datetimes(
     min_value=datetime.datetime(2025, 1, 1), max_value=datetime.datetime(2027, 1, 1), timezones=st.just(UTC)
 )
-histories = st.lists(st.tuples(moments, st.booleans()), max_size=40, unique_by=lambda item: item[0])
+histories = st.lists(st.tuples(moments, st.booleans(), st.booleans()), max_size=40, unique_by=lambda item: item[0])
 
 
 @given(histories, st.integers(0, 10), st.integers(0, 6))
 def test_invariants(history, keep_daily, keep_weekly):
-    backups = [Candidate(f"b{i}", moment, verified) for i, (moment, verified) in enumerate(history)]
+    backups = [Candidate(f"b{i}", moment, verified, tested) for i, (moment, verified, tested) in enumerate(history)]
     kept = to_keep(backups, keep_daily, keep_weekly)
     verified = sorted((c for c in backups if c.verified), key=lambda c: c.created)
     assert kept <= {c.name for c in backups}
@@ -90,8 +108,12 @@ def test_invariants(history, keep_daily, keep_weekly):
     newest = verified[-1]
     assert newest.name in kept, "the newest verified backup is never deleted"
     assert {c.name for c in backups if c.created > newest.created} <= kept, "nothing newer is judged"
-    kept_verified = [c for c in verified if c.name in kept]
-    days = {c.created.date() for c in kept_verified}
+    tested = [c for c in verified if c.restore_tested]
+    if tested:
+        assert tested[-1].name in kept, "the newest restore-tested backup is never deleted"
+    held = tested[-1] if tested else None  # kept whatever the slots say
+    kept_verified = [c for c in verified if c.name in kept and c is not held]
+    days = {c.created.date() for c in verified if c.name in kept}
     assert len(kept_verified) <= max(keep_daily, 1) + keep_weekly
     assert len(days) >= min(keep_daily, len({c.created.date() for c in verified}))
     # Among verified backups older than the newest, only slot holders survive: each is the newest of its day or week.
@@ -99,3 +121,4 @@ def test_invariants(history, keep_daily, keep_weekly):
         same_day = [o for o in verified if o.created.date() == c.created.date()]
         same_week = [o for o in verified if o.created.isocalendar()[:2] == c.created.isocalendar()[:2]]
         assert c is newest or c is same_day[-1] or c is same_week[-1]
+
