@@ -12,12 +12,13 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from backup import dump, metrics, verify
+from backup import database, dump, metrics, recover, verify
 from backup.context import Context
 from backup.errors import RestoreError, VerifyError
-from backup.schedule import Scheduler
+from backup.schedule import Scheduler, longest_interval
 from backup.tools import Server
 from tillflow.config import Settings
+from tillflow.errors import TillflowError
 
 
 def _context(settings: Settings, directory: Path | None = None) -> Context:
@@ -82,16 +83,31 @@ def cli_verify(settings: Settings, names: list[str], *, full: bool, out: TextIO 
         raise VerifyError(f"no backup in {ctx.store.directory} to verify")
     for backup, outcome in outcomes:
         print(f"{backup.name}  {outcome.kind:<5}  {'ok' if outcome.ok else 'FAILED'}  {outcome.detail}", file=out)
+    for line in retention_check(settings, ctx):
+        print(line, file=sys.stderr)
     failed = [outcome for _, outcome in outcomes if not outcome.ok]
     if failed:
         raise VerifyError(f"{len(failed)} of {len(outcomes)} verifications failed; first: {failed[0].detail}")
     return 0
 
 
+def retention_check(settings: Settings, ctx: Context) -> list[str]:
+    """Warnings, a line each, when Kafka's retention is too short for the backup schedule to cover."""
+    if not settings.kafka_bootstrap_servers:
+        return ["warning: KAFKA_BOOTSTRAP_SERVERS is not set: Kafka's retention against BACKUP_SCHEDULE "
+                "was not checked"]
+    try:
+        interval = longest_interval(settings.backup_schedule, ctx.clock())
+        return [f"warning: {line}" for line in recover.check_retention(settings, interval)]
+    except TillflowError as exc:
+        return [f"warning: Kafka's retention against BACKUP_SCHEDULE was not checked: {exc}"]
+
+
 def cli_restore(
-    settings: Settings, file: str, *, target: str | None, replace: bool, yes: bool, out: TextIO | None = None
+    settings: Settings, file: str, *, target: str | None, replace: bool, yes: bool, replay: bool = True,
+    accept_loss: bool = False, out: TextIO | None = None,
 ) -> int:
-    """``tillflow backup restore FILE [--target NAME] [--replace --yes]``."""
+    """``tillflow backup restore FILE [--target NAME] [--replace --yes [--accept-loss | --no-replay]]``."""
     from backup.restore import restore
 
     out = out or sys.stdout
@@ -103,8 +119,14 @@ def cli_restore(
             f"--replace overwrites database {live} with the backup (its present contents are kept under "
             "another name): add --yes to go ahead"
         )
+    if not replace and (accept_loss or not replay):
+        raise RestoreError("--accept-loss and --no-replay go with --replace: a restore into a new database "
+                           "replays nothing")
     ctx = _context(settings, directory=settings.backup_dir or Path(file).parent)
     backup = ctx.store.find(file)
+    replaying = replace and replay
+    if replaying:  # before anything changes: refused if Kafka lost records after the backup
+        recover.check(settings, backup.manifest.positions, what=f"backup {backup.name}", accept_loss=accept_loss)
     result = restore(ctx, backup, target=target, replace=replace)
     print(
         f"restored {backup.name} (taken {backup.manifest.created_at}) into database {result.database}: "
@@ -124,6 +146,29 @@ def cli_restore(
             "`tillflow migrate` (make migrate) before the services connect",
             file=out,
         )
+    if replaying:
+        return _replay(settings, Server.from_url(settings.database_url), result.database, accept_loss, out)
+    if replace:
+        print("--no-replay: the consumer group's offsets were left as they were; what was stored after the "
+              "backup is only in the previous database", file=out)
+    return 0
+
+
+def cli_replay(settings: Settings, *, accept_loss: bool, out: TextIO | None = None) -> int:
+    """``tillflow backup replay [--accept-loss]``: point the consumer group at what the live database holds."""
+    server = Server.from_url(settings.database_url)
+    return _replay(settings, server, server.dbname, accept_loss, out or sys.stdout)
+
+
+def _replay(settings: Settings, server: Server, dbname: str, accept_loss: bool, out: TextIO) -> int:
+    positions = database.positions_of(server, dbname, error=RestoreError)
+    plan = recover.set_offsets(settings, positions)
+    for line in recover.describe(plan, settings.consumer_group):
+        print(line, file=out)
+    if plan.lost and not accept_loss:
+        raise RestoreError(f"Kafka no longer holds {plan.lost_records:,} records written after the positions "
+                           f"{dbname} holds: {'; '.join(str(lost) for lost in plan.lost)}; the consumer "
+                           "group is set to read on from what Kafka has")
     return 0
 
 
@@ -132,5 +177,6 @@ def cli_schedule(settings: Settings) -> int:
     ctx = _context(settings)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
-    Scheduler(ctx, settings.backup_schedule, settings.backup_verify_schedule, settings.reconcile_schedule).run()
+    Scheduler(ctx, settings.backup_schedule, settings.backup_verify_schedule, settings.reconcile_schedule,
+              kafka=settings).run()
     return 0

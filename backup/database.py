@@ -31,6 +31,7 @@ from backup.tools import Server
 from tillflow.errors import first_line
 
 TABLE = "sales.transactions"
+POSITIONS = "ingest.kafka_positions"
 ALGORITHM = "md5-sum64/v1"
 _MASK = (1 << 64) - 1
 
@@ -93,6 +94,29 @@ def content_of(server: Server, dbname: str, *, error=BackupError) -> Content:
         conn.close()
 
 
+def positions(cur) -> dict[tuple[str, int], int] | None:
+    """Where the consumer had stored up to in Kafka, per topic and partition, in the
+    cursor's transaction (None: a database from before migration 0010 keeps none)."""
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (POSITIONS,))
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute(f"SELECT topic, partition, next_offset FROM {POSITIONS}")
+    return {(topic, partition): offset for topic, partition, offset in cur.fetchall()}
+
+
+def positions_of(server: Server, dbname: str, *, error=BackupError) -> dict[tuple[str, int], int] | None:
+    """``positions`` of ``dbname`` as it is now."""
+    conn = connect(server, dbname, error=error)
+    try:
+        conn.set_session(readonly=True)
+        with conn.cursor() as cur:
+            return positions(cur)
+    except psycopg2.Error as exc:
+        raise error(f"reading {POSITIONS} in {server.where(dbname)} failed: {first_line(exc)}") from exc
+    finally:
+        conn.close()
+
+
 def properties(cur) -> DatabaseProperties:
     cur.execute(_PROPERTIES)
     name, owner, encoding, provider, collate, ctype, icu, acl, settings = cur.fetchone()
@@ -108,6 +132,7 @@ class Snapshot:
     server_version_num: int
     user: str
     database: DatabaseProperties
+    positions: dict[tuple[str, int], int] | None
     connection: psycopg2.extensions.connection = field(repr=False, compare=False)
 
     def content(self) -> Content:
@@ -127,7 +152,8 @@ class Snapshot:
 
 @contextlib.contextmanager
 def snapshot(server: Server) -> Iterator[Snapshot]:
-    """Export a snapshot and read the database's properties in it; it lives until the block ends.
+    """Export a snapshot and read the database's properties and Kafka positions in it; it
+    lives until the block ends.
 
     pg_dump started inside the block with ``--snapshot=<id>`` dumps exactly the
     rows ``Snapshot.content()`` counts, whatever is written meanwhile.
@@ -145,7 +171,7 @@ def snapshot(server: Server) -> Iterator[Snapshot]:
             if not migrated:
                 conn.close()
                 raise BackupError(f"{server.where()} has no {TABLE}: is it a migrated Tillflow database?")
-            facts = Snapshot(snap_id, version, version_num, user, properties(cur), conn)
+            facts = Snapshot(snap_id, version, version_num, user, properties(cur), positions(cur), conn)
     except psycopg2.Error as exc:
         conn.close()
         raise BackupError(f"reading {server.where()} failed: {first_line(exc)}") from exc

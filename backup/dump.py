@@ -143,6 +143,8 @@ def _finish(
         globals=globals_,
         database=snap.database,
         transactions=transactions,
+        kafka_positions=None if snap.positions is None else [
+            [topic, partition, offset] for (topic, partition), offset in sorted(snap.positions.items())],
     )
     _write(store.partial(name, SHA256), f"{dump.sha256}  {dump.file}\n{globals_.sha256}  {globals_.file}\n")
     _write(store.partial(name, MANIFEST), manifest.to_json())

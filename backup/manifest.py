@@ -5,7 +5,8 @@ holds what a restore needs besides the dump (the database's encoding, locale,
 owner, privileges and settings, which ``pg_restore`` applies only when it
 recreates a database under its original name) and what a verification compares
 against: the files' sha256 and the row count and content checksum of
-``sales.transactions`` taken in the dump's own snapshot.
+``sales.transactions`` taken in the dump's own snapshot, and, from the same
+snapshot, the Kafka positions the consumer had stored up to.
 """
 from __future__ import annotations
 
@@ -77,6 +78,16 @@ class Manifest:
     database: DatabaseProperties
     transactions: Content
     format: int = FORMAT
+    # [[topic, partition, next offset], ...] as stored in the dump's snapshot
+    # (ingest.kafka_positions): where a restore replays Kafka from. None: the
+    # database kept no positions (before migration 0010).
+    kafka_positions: list[list[Any]] | None = None
+
+    @property
+    def positions(self) -> dict[tuple[str, int], int] | None:
+        if self.kafka_positions is None:
+            return None
+        return {(topic, int(partition)): int(offset) for topic, partition, offset in self.kafka_positions}
 
     @property
     def created(self) -> datetime.datetime:

@@ -51,6 +51,13 @@ RECONCILE_LAST_SUCCESS = Gauge(
 )
 RECONCILE_DURATION = Gauge("tillflow_reconcile_duration_seconds", "How long the last reconciliation took")
 
+REPLAY_MISSING = Gauge(
+    "tillflow_backup_replay_missing_records",
+    "Records after the newest backup's Kafka positions that Kafka no longer holds (retention deleted them): "
+    "not zero means a lost database could not be rebuilt from that backup plus Kafka (NaN: not known)",
+    ["topic_kind"],
+)
+
 RESULTS = ("success", "failure")
 for _result in RESULTS:
     RUNS.labels(result=_result)
@@ -59,6 +66,13 @@ for _check in CHECKS:
     RECONCILE_DIFFERENCES.labels(check=_check).set(float("nan"))
 RECONCILE_PENDING.set(float("nan"))
 RECONCILE_LAST_SUCCESS.set(float("nan"))
+
+
+def replay_missing(missing: dict[str, int | None], settings) -> None:
+    """Set ``tillflow_backup_replay_missing_records`` per topic (None: not known)."""
+    kinds = {settings.topic_transactions: "transactions", settings.topic_rejects: "rejects"}
+    for topic, count in missing.items():
+        REPLAY_MISSING.labels(topic_kind=kinds[topic]).set(float("nan") if count is None else count)
 
 
 def refresh(backups: list[Backup]) -> None:

@@ -28,19 +28,34 @@ import time
 import psycopg2
 from croniter import croniter
 
-from backup import dump, metrics, verify
+from backup import dump, metrics, recover, verify
 from backup.context import Context
 from backup.errors import BackupError, Cancelled
 from tillflow import reconcile
+from tillflow.config import Settings
 from tillflow.errors import SinkError, TillflowError, first_line
 
 log = logging.getLogger(__name__)
 
 _MAX_SLEEP = 60.0  # re-read the clock at least this often (it may jump)
+_REPLAY_CHECK_EVERY = 300.0  # seconds between two looks at Kafka's log starts
 
 
 def next_fire(expression: str, after: datetime.datetime) -> datetime.datetime:
     return croniter(expression, after).get_next(datetime.datetime)
+
+
+def longest_interval(expression: str, now: datetime.datetime, *, days: int = 35) -> datetime.timedelta:
+    """The longest time between two consecutive fires of ``expression`` over the next ``days``."""
+    fires = croniter(expression, now)
+    end = now + datetime.timedelta(days=days)
+    previous = fires.get_next(datetime.datetime)
+    longest = datetime.timedelta(0)
+    while previous < end:
+        fire = fires.get_next(datetime.datetime)
+        longest = max(longest, fire - previous)
+        previous = fire
+    return longest
 
 
 def first_due(expression: str, now: datetime.datetime, last_done: datetime.datetime | None) -> datetime.datetime:
@@ -54,11 +69,16 @@ def first_due(expression: str, now: datetime.datetime, last_done: datetime.datet
 
 class Scheduler:
     def __init__(self, ctx: Context, backup_schedule: str, verify_schedule: str,
-                 reconcile_schedule: str | None = None) -> None:
+                 reconcile_schedule: str | None = None, *, kafka: Settings | None = None) -> None:
         self.ctx = ctx
         self.backup_schedule = backup_schedule
         self.verify_schedule = verify_schedule
         self.reconcile_schedule = reconcile_schedule  # None: no reconciliation
+        # Kafka's topics, to check the newest backup plus Kafka still covers
+        # everything (None or no servers: not checked).
+        self.kafka = kafka if kafka is not None and kafka.kafka_bootstrap_servers else None
+        self._replay_checked = float("-inf")
+        self._replay_failing = False
         self.stop = ctx.tools.stop
 
     def run(self) -> None:
@@ -73,7 +93,10 @@ class Scheduler:
         log.info("backup schedule %r (next %s), verification %r (next %s), reconciliation %r, UTC",
                  self.backup_schedule, next_backup.isoformat(timespec="minutes"), self.verify_schedule,
                  next_verify.isoformat(timespec="minutes"), self.reconcile_schedule or "off")
+        self.check_retention()
         while not self.stop.is_set():
+            if time.monotonic() - self._replay_checked >= _REPLAY_CHECK_EVERY:
+                self.check_replay()
             now = self.ctx.clock()
             if now >= next_backup:
                 self.backup()
@@ -109,6 +132,44 @@ class Scheduler:
                 log.exception("backup failed unexpectedly")
             return
         metrics.backup_succeeded(result.backup, result.duration_seconds)
+        self.check_replay()
+
+    def check_retention(self) -> None:
+        """At start: warn when Kafka keeps records for less than twice the longest gap between backups."""
+        if self.kafka is None:
+            log.warning("KAFKA_BOOTSTRAP_SERVERS is not set: whether Kafka still holds what the newest backup "
+                        "lacks is not checked")
+            return
+        try:
+            interval = longest_interval(self.backup_schedule, self.ctx.clock())
+            for line in recover.check_retention(self.kafka, interval):
+                log.warning("%s", line)
+        except TillflowError as exc:
+            log.warning("Kafka's retention against BACKUP_SCHEDULE could not be checked: %s", exc)
+
+    def check_replay(self) -> None:
+        """Export the records after the newest backup's positions that Kafka no longer holds."""
+        self._replay_checked = time.monotonic()
+        if self.kafka is None:
+            return
+        backups = self.ctx.store.backups()
+        positions = backups[0].manifest.positions if backups else None
+        try:
+            missing = recover.missing_records(self.kafka, positions)
+        except TillflowError as exc:
+            if not self._replay_failing:
+                log.warning("cannot read Kafka's log starts (retried every %.0fs): %s", _REPLAY_CHECK_EVERY, exc)
+            self._replay_failing = True
+            metrics.replay_missing({topic: None for topic in recover.topics(self.kafka)}, self.kafka)
+            return
+        if self._replay_failing:
+            log.info("Kafka's log starts are readable again")
+        self._replay_failing = False
+        metrics.replay_missing(missing, self.kafka)
+        lost = sum(count for count in missing.values() if count)
+        if lost:
+            log.error("Kafka no longer holds %d records written after the newest backup's positions: losing the "
+                      "database now would lose them; take a backup (make backup)", lost)
 
     def verify(self) -> None:
         started = time.monotonic()

@@ -138,7 +138,10 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
     # list and a quick verify read the directory only; the rest talk to PostgreSQL.
     needs_db = args.action not in ("list", "verify") or getattr(args, "full", False)
-    settings = Settings.from_env(need_database=needs_db)
+    # A restore over the live database replays the rest from Kafka.
+    needs_kafka = args.action == "replay" or (
+        args.action == "restore" and args.replace and not args.no_replay)
+    settings = Settings.from_env(need_database=needs_db, need_kafka=needs_kafka)
     if args.action == "run":
         return cli.cli_run(settings)
     if args.action == "list":
@@ -146,7 +149,10 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return cli.cli_verify(settings, args.names, full=args.full)
     if args.action == "restore":
-        return cli.cli_restore(settings, args.file, target=args.target, replace=args.replace, yes=args.yes)
+        return cli.cli_restore(settings, args.file, target=args.target, replace=args.replace, yes=args.yes,
+                               replay=not args.no_replay, accept_loss=args.accept_loss)
+    if args.action == "replay":
+        return cli.cli_replay(settings, accept_loss=args.accept_loss)
     return cli.cli_schedule(settings)
 
 
@@ -227,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--replace", action="store_true",
                          help="restore over the database of DATABASE_URL after stopping its writers")
     restore.add_argument("--yes", action="store_true", help="confirm --replace")
+    restore.add_argument("--accept-loss", action="store_true",
+                         help="with --replace: go ahead although Kafka no longer holds some records written "
+                              "after the backup (they are listed)")
+    restore.add_argument("--no-replay", action="store_true",
+                         help="with --replace: leave the consumer group's offsets alone (what was stored after "
+                              "the backup stays only in the previous database)")
+    replay = actions.add_parser(
+        "replay", help="set the consumer group's offsets to the Kafka positions the live database holds, so the "
+                       "consumer stores everything after them (restore --replace does this itself)")
+    replay.add_argument("--accept-loss", action="store_true",
+                        help="exit 0 although Kafka no longer holds some records after those positions")
     actions.add_parser("schedule", help="the backup service: run and verify on BACKUP_SCHEDULE and "
                                         "BACKUP_VERIFY_SCHEDULE, metrics on METRICS_PORT")
 

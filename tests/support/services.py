@@ -43,11 +43,12 @@ def make_root() -> Path:
     return root
 
 
-def start_postgres(root: Path):
+def start_postgres(root: Path, *, port: int | None = None):
+    """A new server of the session's kind; ``port``: on that host port (a server replacing a lost one)."""
     password = secrets.token_hex(16)
     if docker_available():
-        return DockerPostgres(password)
-    server = NativePostgres(root / "postgres", free_port(), password, attached=True, durable=False)
+        return DockerPostgres(password, port=port)
+    server = NativePostgres(root / "postgres", port or free_port(), password, attached=True, durable=False)
     server.start()
     return server
 
@@ -104,14 +105,14 @@ class DockerPostgres:
 
     superuser = "postgres"
 
-    def __init__(self, password: str) -> None:
+    def __init__(self, password: str, *, port: int | None = None) -> None:
         from testcontainers.community.postgres import PostgresContainer
 
         reap_orphans()
         self.password = password
         # A host port fixed up front, as the native server's: a restarted
         # container keeps its address, so clients reconnect as to a real server.
-        self.host, self.port = "127.0.0.1", free_port()
+        self.host, self.port = "127.0.0.1", port or free_port()
         self._container = _labelled(PostgresContainer(
             compose_image("POSTGRES_IMAGE"), username="postgres", password=password, dbname="postgres"))
         self._container.with_bind_ports(5432, self.port)
