@@ -40,7 +40,9 @@ migrate: ## Apply the SQL migrations: compose one-shot, or the native stack if .
 # Backups: in the compose stack's backup service, or on the native stack if
 # .local/env exists (in BACKUP_DIR, default .local/backups). A restore runs as
 # the superuser, like migrate: in the migrate service's container, which sees
-# the backups read-only. REPLACE=1 stops the writers around it.
+# the backups read-only. REPLACE=1 stops the writers around it, and the consumer
+# then replays from Kafka what came after the backup (RESTORE_ARGS=--accept-loss
+# goes ahead although Kafka lost some of it; --no-replay skips the replay).
 .PHONY: backup restore
 backup: ## Take a backup now, check it, apply retention (`tillflow backup list` lists them)
 	@if [ -f .local/env ]; then \
@@ -48,14 +50,16 @@ backup: ## Take a backup now, check it, apply retention (`tillflow backup list` 
 	    $(PY) -m tillflow backup run; \
 	else $(COMPOSE) exec backup tillflow backup run; fi
 
-restore: ## Restore FILE=<backup> into a new database; REPLACE=1 over the live one (stops writers)
+restore: ## Restore FILE=<backup> into a new database; REPLACE=1 over the live one, then replay Kafka (RESTORE_ARGS=--accept-loss)
 	@test -n "$(FILE)" || { echo "usage: make restore FILE=<backup name or .dump> [REPLACE=1]" >&2; exit 2; }
 	@if [ -f .local/env ]; then \
-	  source .local/env && DATABASE_URL="$$POSTGRES_SUPERUSER_URL" BACKUP_DIR="$${BACKUP_DIR:-.local/backups}" \
-	    $(PY) -m tillflow backup restore "$(FILE)" $(if $(REPLACE),--replace --yes); \
+	  $(if $(REPLACE),$(PY) -m devstack.local stop consumer watcher api;) rc=0; \
+	  ( source .local/env && DATABASE_URL="$$POSTGRES_SUPERUSER_URL" BACKUP_DIR="$${BACKUP_DIR:-.local/backups}" \
+	    $(PY) -m tillflow backup restore "$(FILE)" $(if $(REPLACE),--replace --yes $(RESTORE_ARGS)) ) || rc=$$?; \
+	  $(if $(REPLACE),$(PY) -m devstack.local start consumer watcher api;) exit $$rc; \
 	else \
 	  $(if $(REPLACE),$(COMPOSE) stop consumer watcher api;) rc=0; \
-	  $(COMPOSE) run --rm --no-deps migrate backup restore "$(FILE)" $(if $(REPLACE),--replace --yes) || rc=$$?; \
+	  $(COMPOSE) run --rm --no-deps migrate backup restore "$(FILE)" $(if $(REPLACE),--replace --yes $(RESTORE_ARGS)) || rc=$$?; \
 	  $(if $(REPLACE),$(COMPOSE) start consumer watcher api;) exit $$rc; \
 	fi
 

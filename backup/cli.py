@@ -18,7 +18,7 @@ from backup.errors import RestoreError, VerifyError
 from backup.schedule import Scheduler, longest_interval
 from backup.tools import Server
 from tillflow.config import Settings
-from tillflow.errors import TillflowError
+from tillflow.errors import ConfigError, TillflowError
 
 
 def _context(settings: Settings, directory: Path | None = None) -> Context:
@@ -122,9 +122,12 @@ def cli_restore(
     if not replace and (accept_loss or not replay):
         raise RestoreError("--accept-loss and --no-replay go with --replace: a restore into a new database "
                            "replays nothing")
+    replaying = replace and replay
+    if replaying and not settings.kafka_bootstrap_servers:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set: a restore over the live database replays from Kafka "
+                          "what was stored after the backup; set it, or add --no-replay")
     ctx = _context(settings, directory=settings.backup_dir or Path(file).parent)
     backup = ctx.store.find(file)
-    replaying = replace and replay
     if replaying:  # before anything changes: refused if Kafka lost records after the backup
         recover.check(settings, backup.manifest.positions, what=f"backup {backup.name}", accept_loss=accept_loss)
     result = restore(ctx, backup, target=target, replace=replace)

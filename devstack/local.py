@@ -160,16 +160,52 @@ def up() -> None:
     _run_tillflow(["migrate"], _service_env(pg, cluster, "owner") | {"DATABASE_URL": pg.url(dbname=DATABASE),
                                                                       **_password_env()})
     _run_tillflow(["create-topics"], _service_env(pg, cluster, "writer"))
-    for name, argv in SERVICES.items():
-        env = _service_env(pg, cluster, "writer") | _ports_env(name)
-        proc = spawn([_tillflow(), *argv], log_path=LOGS / f"{name}.log", attached=False, env=env, cwd=REPO)
-        _pidfile(name).write_text(str(proc.pid))
+    for name in SERVICES:
+        _start_service(name, pg, cluster)
     _write_env(pg, cluster)
     print(f"Tillflow runs natively. `source {_shown(ENV_FILE)}`, then e.g. `tillflow report`.")
     print(f"  inbox: {LOCAL / 'inbox'}   logs: {LOGS}")
     for name, port in METRICS_PORTS.items():
         print(f"  {name} metrics: http://127.0.0.1:{port}/metrics")
     print(f"  API: {API_URL} (docs at {API_URL}/docs; a token: tillflow token create --store main)")
+
+
+def _start_service(name: str, pg: NativePostgres, cluster: KafkaCluster) -> None:
+    env = _service_env(pg, cluster, "writer") | _ports_env(name)
+    proc = spawn([_tillflow(), *SERVICES[name]], log_path=LOGS / f"{name}.log", attached=False, env=env, cwd=REPO)
+    _pidfile(name).write_text(str(proc.pid))
+
+
+def _stop_service(name: str) -> bool:
+    """SIGTERM (the service finishes its batch), SIGKILL after 30 s; False if it was not running."""
+    pid = _running(name)
+    if pid is not None:
+        signal_and_wait(pid, signal.SIGTERM, 30) or signal_and_wait(pid, signal.SIGKILL, 5)
+    _pidfile(name).unlink(missing_ok=True)
+    return pid is not None
+
+
+def stop_services(names: list[str]) -> None:
+    """``make restore REPLACE=1``: stop the writers (and the consumer) around a restore."""
+    stopped = [name for name in _services(names) if _stop_service(name)]
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+def start_services(names: list[str]) -> None:
+    pg, cluster = _postgres(), _kafka()
+    if not (pg.running() and cluster.running()):
+        raise ServiceError("PostgreSQL and Kafka are not running: start the whole stack with make local")
+    started = [name for name in _services(names) if _running(name) is None]
+    for name in started:
+        _start_service(name, pg, cluster)
+    print("started: " + (", ".join(started) if started else "nothing, all were running"))
+
+
+def _services(names: list[str]) -> list[str]:
+    unknown = [name for name in names if name not in SERVICES]
+    if unknown:
+        raise ServiceError(f"no service {', '.join(unknown)}: the services are {', '.join(SERVICES)}")
+    return names or list(SERVICES)
 
 
 def _password_env() -> dict[str, str]:
@@ -226,13 +262,7 @@ def _write_env(pg: NativePostgres, cluster: KafkaCluster) -> None:
 
 
 def down() -> None:
-    stopped = []
-    for name in SERVICES:
-        pid = _running(name)
-        if pid is not None:
-            signal_and_wait(pid, signal.SIGTERM, 30) or signal_and_wait(pid, signal.SIGKILL, 5)
-            stopped.append(name)
-        _pidfile(name).unlink(missing_ok=True)
+    stopped = [name for name in SERVICES if _stop_service(name)]
     cluster = _kafka() if (DATA / "kafka").exists() else None
     if cluster is not None and cluster.running():
         cluster.stop()
@@ -265,11 +295,15 @@ def status() -> None:
 
 def main(argv: list[str]) -> int:
     commands = {"up": up, "down": down, "destroy": destroy, "status": status}
-    if len(argv) != 1 or argv[0] not in commands:
-        print("usage: python -m devstack.local up|down|destroy|status", file=sys.stderr)
+    with_names = {"stop": stop_services, "start": start_services}
+    if not argv or argv[0] not in {*commands, *with_names} or (argv[0] in commands and len(argv) != 1):
+        print("usage: python -m devstack.local up|down|destroy|status, or stop|start [SERVICE...]", file=sys.stderr)
         return 2
     try:
-        commands[argv[0]]()
+        if argv[0] in with_names:
+            with_names[argv[0]](argv[1:])
+        else:
+            commands[argv[0]]()
     except ServiceError as exc:
         print(f"make local: {exc}", file=sys.stderr)
         return 1

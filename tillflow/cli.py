@@ -138,10 +138,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
     # list and a quick verify read the directory only; the rest talk to PostgreSQL.
     needs_db = args.action not in ("list", "verify") or getattr(args, "full", False)
-    # A restore over the live database replays the rest from Kafka.
-    needs_kafka = args.action == "replay" or (
-        args.action == "restore" and args.replace and not args.no_replay)
-    settings = Settings.from_env(need_database=needs_db, need_kafka=needs_kafka)
+    settings = Settings.from_env(need_database=needs_db, need_kafka=args.action == "replay")
     if args.action == "run":
         return cli.cli_run(settings)
     if args.action == "list":

@@ -27,8 +27,8 @@ from support import services
 REPO = Path(__file__).resolve().parents[2]
 
 
-def local(env: dict, command: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "devstack.local", command], env=env, cwd=REPO,
+def local(env: dict, *command: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "devstack.local", *command], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -131,6 +131,17 @@ def test_local_stack_up_twice_down_up_keeps_data_and_down_leaves_nothing(stack_e
     assert again.returncode == 0 and "already running" in again.stdout
     running = pids(root)
     assert len(running) == 4 + len(SERVICES)  # postgres, 3 brokers, and the Tillflow services
+
+    # What `make restore REPLACE=1` does around a restore on the native stack.
+    stopped = local(stack_env, "stop", "consumer", "api")
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "stopped: consumer, api", stopped.stdout
+    assert len(pids(root)) == 4 + len(SERVICES) - 2
+    started = local(stack_env, "start", "consumer", "api", "watcher")
+    assert started.returncode == 0 and started.stdout.strip() == "started: consumer, api", started.stdout
+    assert local(stack_env, "stop", "mailer").stderr.strip().endswith("no service mailer: the services are "
+                                                                   "consumer, watcher, api")
+    running = pids(root)
+    assert len(running) == 4 + len(SERVICES)
 
     assert local(stack_env, "down").returncode == 0
     time.sleep(1)

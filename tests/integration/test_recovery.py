@@ -168,6 +168,7 @@ def test_a_lost_database_is_rebuilt_from_the_backup_plus_kafka(consumers, runnin
             # The disk is gone: the server dies and its data directory with it.
             server.kill()
             server.destroy()
+            server = None
             lost_at = time.monotonic()
             replacement = services.start_postgres(make_root(), port=port)
             db = new_installation(replacement, role_passwords)  # `docker compose up` on a new volume

@@ -188,7 +188,7 @@ def test_make_smoke_passes(stack: ComposeStack):
     assert "ok" in done.stdout.lower() or done.returncode == 0
 
 
-def test_make_backup_and_both_restores(stack: ComposeStack):
+def test_make_backup_and_both_restores(stack: ComposeStack, api: str, token: str):
     stack.make("backup", timeout=600)
     listing = stack.exec("backup", "tillflow", "backup", "list").stdout
     newest = sorted(re.findall(r"^(\S+-\d{8}T\d{6}Z)\s", listing, re.MULTILINE))
@@ -196,10 +196,19 @@ def test_make_backup_and_both_restores(stack: ComposeStack):
     (before,), = stack.psql("SELECT count(*) FROM sales.transactions")
     done = stack.make("restore", f"FILE={newest[-1]}", timeout=900)
     assert f"restored {newest[-1]}" in done.stdout + done.stderr
+    # Stored after the backup: the restore over the live database replays it from Kafka.
+    later = [transaction() for _ in range(3)]
+    answer = httpx.post(f"{api}/v1/transactions", json=later, headers={"Authorization": f"Bearer {token}"},
+                        timeout=30)
+    assert answer.status_code == 200, answer.text
+    ids = {t["id"] for t in later}
+    wait_until("the later transactions stored", lambda: stored_ids(stack, ids) == ids, 60)
     done = stack.make("restore", f"FILE={newest[-1]}", "REPLACE=1", timeout=900)
     assert f"restored {newest[-1]}" in done.stdout + done.stderr
+    assert "replay: consumer group tillflow-writer reads on from the backup's positions" in done.stdout, done.stdout
+    wait_until("the replay", lambda: stored_ids(stack, ids) == ids, 120)
     (after,), = stack.psql("SELECT count(*) FROM sales.transactions")
-    assert after == before
+    assert int(after) == int(before) + len(later)
     stack.wait_healthy(stack.started_services, BACK_WITHIN)
 
 
