@@ -24,6 +24,9 @@ and the live database.
    ``<live>_pre_restore_<time>`` (kept, for whatever was written after the
    backup) and the restored one takes the live name. If anything fails before
    that, the live database gets its privileges back, unchanged.
+
+``tillflow backup restore --replace`` then replays from Kafka what came after
+the backup (``backup.recover``); this module only restores.
 """
 from __future__ import annotations
 
