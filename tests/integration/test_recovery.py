@@ -265,3 +265,74 @@ def test_a_restore_refuses_when_kafka_deleted_records_the_backup_lacks(env, migr
             for (previous,) in cur.fetchall():
                 cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(previous)))
         conn.close()
+
+
+def test_the_backup_service_warns_of_short_retention_and_exports_what_kafka_lost_after_the_backup(
+        env, migrated_db, running_kafka, topics, tmp_path):
+    """A weekly BACKUP_SCHEDULE against the brokers' default 7-day retention: a warning at
+    start-up and from `backup verify`. Records Kafka deleted before anything stored them are
+    counted in tillflow_backup_replay_missing_records against the newest backup's positions."""
+    import os
+    import subprocess
+    import urllib.request
+
+    from devstack.proc import free_port
+    from support.pipeline import TILLFLOW
+
+    first = list(datagen.rows(300, seed=51, start=DAY, days=1))
+    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), first)))
+    consume_until_idle(env)
+    next_day = DAY + datetime.timedelta(days=1)
+    unread = list(datagen.rows(200, seed=52, start=next_day, days=1))
+    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(next_day), unread)))
+    ends = {(t, p): o for (t, p), o in kafka_ends(running_kafka.bootstrap_servers, topics.transactions).items()}
+    # Retention passes over records no consumer stored yet: all of the topic is deleted.
+    admin = KafkaAdminClient(bootstrap_servers=running_kafka.bootstrap_servers)
+    try:
+        admin.delete_records({TopicPartition(t, p): o for (t, p), o in ends.items()})
+    finally:
+        admin.close()
+    port = free_port()
+    service = {**env, "DATABASE_URL": migrated_db.url("backup"), "BACKUP_DIR": str(tmp_path / "backups"),
+               "METRICS_PORT": str(port), "BACKUP_SCHEDULE": "0 1 * * 1"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "BACKUP_", "PG", "METRICS_"))}
+    proc = subprocess.Popen([TILLFLOW, "backup", "schedule"], env={**base, **service},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def missing(kind: str) -> float | None:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        prefix = f'tillflow_backup_replay_missing_records{{topic_kind="{kind}"}} '
+        return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), None)
+
+    try:
+        wait_for(lambda: _quietly(missing, "transactions") == len(unread), 90, "the replay gap exported")
+        assert missing("rejects") == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"topic {topics.transactions} keeps records for 7 days, less than twice the longest gap between two " \
+           "backups (7 days, BACKUP_SCHEDULE='0 1 * * 1')" in err, err
+    assert f"Kafka no longer holds {len(unread)} records written after the newest backup's positions" in err, err
+
+    verified = tillflow({**service, "METRICS_PORT": "0"}, "backup", "verify")
+    assert f"warning: topic {topics.rejects} keeps records for 7 days" in verified.stderr, verified.stderr
+
+
+def _quietly(read, *args):
+    try:
+        return read(*args)
+    except OSError:
+        return None
+
+
+def kafka_ends(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
+    """End offset of each partition, asked with kafka-python (not the client under test)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return {(tp.topic, tp.partition): o for tp, o in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
