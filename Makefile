@@ -119,7 +119,7 @@ bench: deps ## All benchmarks on the native stack, each against a ceiling measur
 bench-ingest: deps ## Ingest: 1M rows through the pipeline vs a COPY ceiling
 	$(PY) -m bench.ingest
 
-bench-backup: deps ## Backup and restore of 1M rows vs bare pg_dump/pg_restore
+bench-backup: deps ## Backup and restore of 1M rows vs bare pg_dump/pg_restore; recovery (restore --replace + Kafka replay of 100,000 rows) vs pg_restore
 	$(PY) -m bench.backup
 
 bench-api: deps ## API: HTTP and WebSocket vs a plain kafka-python producer loop
