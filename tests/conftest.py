@@ -15,7 +15,6 @@ import secrets
 import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -25,6 +24,22 @@ from support import services
 from support.services import create_topic
 
 ROLES = ("owner", "writer", "reader", "backup", "monitor")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def watchdog_dir():
+    """The state directory of this session's watchdog (support.watchdog): should pytest be
+    killed, it removes the session's containers and runs the undo commands registered there.
+    Stopped at the end of a session that tears itself down."""
+    from support import watchdog
+
+    state_dir = services.make_root() / "watchdog"
+    dog = watchdog.start(state_dir)
+    yield state_dir
+    # A session that gets here tore its own things down.
+    dog.terminate()
+    dog.wait(timeout=30)
+    shutil.rmtree(state_dir.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +178,3 @@ def env(migrated_db, running_kafka, topics, tmp_path) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
     }
 
-
-@pytest.fixture
-def data_dir() -> Path:
-    return Path(__file__).parent / "data"

@@ -28,11 +28,6 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 MAKE_SECRETS = ROOT / "scripts" / "make-secrets"
 
-# Used while tillflow/cli.py does not exist yet; afterwards `tillflow --help` is
-# the authority (see tillflow_subcommands).
-KNOWN_SUBCOMMANDS = frozenset(
-    {"migrate", "load", "migrate-sqlite", "watch", "consume", "report", "create-topics", "serve", "backup"}
-)
 ONE_SHOT_COMMANDS = frozenset({"migrate", "create-topics"})
 LONG_RUNNING_COMMANDS = frozenset({"consume", "watch", "serve"})
 
@@ -134,12 +129,10 @@ def memory_limit(service: dict) -> str | None:
 
 @functools.cache
 def tillflow_subcommands() -> frozenset[str]:
-    """Subcommands of the real CLI once tillflow/cli.py exists, else KNOWN_SUBCOMMANDS."""
-    if not (ROOT / "tillflow" / "cli.py").exists():
-        return KNOWN_SUBCOMMANDS
+    """Subcommands of the real CLI (`tillflow --help`)."""
     script = Path(sys.executable).with_name("tillflow")
     executable = str(script) if script.exists() else shutil.which("tillflow")
-    assert executable, "tillflow/cli.py exists but no `tillflow` console script is installed (pip install -e .)"
+    assert executable, "no `tillflow` console script is installed (pip install -e .)"
     result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, f"tillflow --help failed: {result.stderr.strip()}"
     # argparse shows the choices as {a,b,...} in the usage line, or, when the
