@@ -197,3 +197,44 @@ def test_postgres_survives_a_crash(running_postgres):
         cur.execute("SELECT count(*) FROM t")
         assert cur.fetchone() == (1000,)
     conn.close()
+
+
+def test_a_killed_session_leaves_nothing_behind(tmp_path):
+    """support.watchdog: the moment the session's process dies (SIGKILL, no teardown ran), its
+    registered undo commands run and its labelled containers go."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support import services, watchdog
+
+    session = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    survivor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    state = tmp_path / "watchdog"
+    state.mkdir()
+    watchdog.register(state, "survivor", ["kill", "-TERM", str(survivor.pid)], cwd=tmp_path)
+    container = None
+    if services.docker_available():
+        container = subprocess.run(
+            ["docker", "create", "--label", f"{watchdog.RUN_LABEL}={session.pid}",
+             services.compose_image("POSTGRES_IMAGE")], capture_output=True, text=True, check=True).stdout.strip()
+    dog = subprocess.Popen([sys.executable, "-m", "support.watchdog", str(session.pid), str(state)],
+                           cwd=Path(watchdog.__file__).parents[1], start_new_session=True)
+    try:
+        time.sleep(1.5)
+        assert survivor.poll() is None and dog.poll() is None, "nothing is undone while the session lives"
+        session.kill()
+        session.wait()
+        assert dog.wait(timeout=60) == 0
+        assert survivor.wait(timeout=10) == -signal.SIGTERM
+        assert not state.exists()
+        if container:
+            listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"id={container}"], capture_output=True,
+                                    text=True, check=True).stdout
+            assert listed.strip() == "", "the session's container is removed"
+    finally:
+        for proc in (session, survivor, dog):
+            if proc.poll() is None:
+                proc.kill()
+        if container:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)

@@ -22,7 +22,7 @@ from kafka import KafkaAdminClient
 from devstack import datagen
 from devstack.local import SERVICES
 from devstack.proc import free_port, pid_alive
-from support import services
+from support import services, watchdog
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def stack_env():
+def stack_env(watchdog_dir):
     base = services.make_root()  # enterable by the postgres user, unlike pytest's tmp_path
     root = base / "local"
     env = {**os.environ, "TILLFLOW_LOCAL_DIR": str(root), "LOCAL_PG_PORT": str(free_port())}
@@ -52,8 +52,14 @@ def stack_env():
     env["LOCAL_CONSUMER_METRICS_PORT"] = str(free_port())
     env["LOCAL_WATCHER_METRICS_PORT"] = str(free_port())
     env["LOCAL_API_PORT"] = str(free_port())
+    # The stack's services are detached by design (they outlive `make local`): should
+    # pytest be killed, the watchdog stops them.
+    undo = watchdog.register(watchdog_dir, f"local-stack-{root.parent.name}",
+                             [sys.executable, "-m", "devstack.local", "destroy"], cwd=REPO,
+                             env={**os.environ, "TILLFLOW_LOCAL_DIR": str(root)})
     yield env
     local(env, "destroy")
+    undo.unlink()
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -37,7 +37,7 @@ def _foreign_volumes() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> ComposeStack:
+def stack(tmp_path_factory, watchdog_dir) -> ComposeStack:
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.fail("no Docker engine answers: run `make test` (scripts/docker-engine starts one) "
                     "or set TILLFLOW_TEST_NATIVE=1 to leave the compose tests out", pytrace=False)
@@ -55,6 +55,7 @@ def stack(tmp_path_factory) -> ComposeStack:
     })
     stack.prepare()
     stack.down()  # what an interrupted earlier run left
+    stack.undo_on_kill(watchdog_dir)
     services = stack.services()
     if stack.without_grafana:
         print(f"\ncompose stack: WITHOUT GRAFANA: its image ({stack.grafana_image}) cannot be pulled here and has no "

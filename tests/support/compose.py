@@ -187,6 +187,14 @@ class ComposeStack:
     def restart_count(self, service: str) -> int:
         return int(self.inspect(self.container(service)["ID"])["RestartCount"])
 
+    DOWN = ("--profile", "tools", "down", "--volumes", "--remove-orphans", "--timeout", "30")
+
     def down(self) -> None:
-        self.compose("--profile", "tools", "down", "--volumes", "--remove-orphans", "--timeout", "30",
-                     check=False, timeout=900)
+        self.compose(*self.DOWN, check=False, timeout=900)
+
+    def undo_on_kill(self, state_dir: Path) -> Path:
+        """Have the session's watchdog take the stack down should pytest be killed."""
+        from support import watchdog
+
+        return watchdog.register(state_dir, "compose-stack", ["docker", "compose", *self.DOWN], cwd=self.dir,
+                                 env=self.env)

@@ -68,7 +68,7 @@ def start_kafka(root: Path):
 # container carries the test run's pid instead, and a later run removes the
 # containers of runs that are gone (reap_orphans), so a killed run leaves none.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-RUN_LABEL = "org.tillflow.test-run"
+from support.watchdog import RUN_LABEL  # noqa: E402 (one label, which the watchdog also reads)
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 
