@@ -218,7 +218,7 @@ def _restore_database(ctx: Context, server: Server, admin, backup: Backup, targe
             server=server, what=f"restoring {backup.name} into database {target}",
         )
     with admin.cursor() as cur:
-        _apply_properties(cur, target, manifest.database)
+        apply_properties(cur, target, manifest.database)
     found = database.content_of(server, target, error=RestoreError)
     try:
         compare(manifest, found.rows, found.checksum, where=f"the restored database {target}")
@@ -234,7 +234,7 @@ def _restore_database(ctx: Context, server: Server, admin, backup: Backup, targe
     return found
 
 
-def _apply_properties(cur, name: str, props: DatabaseProperties) -> None:
+def apply_properties(cur, name: str, props: DatabaseProperties) -> None:
     """The database's owner, privileges and settings, as recorded at backup time."""
     db = sql.Identifier(name)
     try:

@@ -114,15 +114,43 @@ def _admin(server):
         conn.close()
 
 
-@pytest.fixture
-def migrated_db(running_postgres, role_passwords):
-    """A fresh database with every migration applied; dropped after the test."""
+@pytest.fixture(scope="session")
+def migrated_template(postgres, role_passwords):
+    """A database with every migration applied, once per session, that ``migrated_db`` copies:
+    a copy costs a fraction of running the migrations again. Returns its name and its
+    database-level properties (owner, privileges, settings), which a copy does not inherit."""
+    from backup.database import properties
     from tillflow.migrate import apply_migrations
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with _admin(running_postgres) as conn, conn.cursor() as cur:
+    name = f"template_{uuid.uuid4().hex[:12]}"
+    with _admin(postgres) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    apply_migrations(running_postgres.url(dbname=name), role_passwords=role_passwords)
+    apply_migrations(postgres.url(dbname=name), role_passwords=role_passwords)
+    with contextlib.closing(psycopg2.connect(postgres.url(dbname=name))) as conn, conn.cursor() as cur:
+        props = properties(cur)
+    yield name, props
+    if postgres.running():
+        with _admin(postgres) as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def copy_database(server, template: tuple, name: str) -> None:
+    """``CREATE DATABASE name TEMPLATE ...``, then the template's owner, privileges and settings,
+    as a restore applies them (``backup.restore``)."""
+    from backup.restore import apply_properties
+
+    template_name, props = template
+    with _admin(server) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
+                                                                     sql.Identifier(template_name)))
+        apply_properties(cur, name, props)
+
+
+@pytest.fixture
+def migrated_db(running_postgres, role_passwords, migrated_template):
+    """A fresh database with every migration applied (a copy of ``migrated_template``); dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    copy_database(running_postgres, migrated_template, name)
     db = MigratedDatabase(name, running_postgres, role_passwords)
     yield db
     if not running_postgres.running():

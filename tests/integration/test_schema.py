@@ -435,3 +435,41 @@ def test_the_owner_owns_every_object_and_no_role_is_privileged(migrated_db):
             (list(ROLE_NAMES.values()),),
         )
         assert cur.fetchall() == []
+
+
+# -- the test databases ----------------------------------------------------------------------
+
+
+def test_a_copy_of_the_migrated_template_is_what_the_migrations_make(migrated_db, empty_db, role_passwords):
+    """migrated_db copies a template (conftest): the copy must equal a database the migrations made,
+    in its schema, its catalogue of applied migrations, and its database-level privileges and settings."""
+    from backup.tools import find_bindir
+
+    apply_migrations(empty_db, role_passwords=role_passwords)
+    fresh = empty_db.rsplit("/", 1)[1]
+
+    def describe(url: str, name: str):
+        dump = subprocess.run([str(find_bindir() / "pg_dump"), "--schema-only", "--no-comments", f"--dbname={url}"],
+                              capture_output=True, text=True, check=True).stdout
+        with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT coalesce(r.rolname, 'PUBLIC'), a.privilege_type FROM pg_database d,"
+                        " aclexplode(d.datacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee"
+                        " WHERE d.datname = current_database() ORDER BY 1, 2")
+            acl = cur.fetchall()
+            cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()")
+            owner = cur.fetchone()
+            cur.execute("SELECT r.rolname, s.setconfig FROM pg_db_role_setting s JOIN pg_database d"
+                        " ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole"
+                        " WHERE d.datname = current_database() ORDER BY 1")
+            settings = cur.fetchall()
+            cur.execute("SELECT version, name, sha256 FROM tillflow_meta.schema_migrations ORDER BY 1")
+            applied = cur.fetchall()
+        # \restrict and \unrestrict carry a random key per dump.
+        schema = "\n".join(line for line in dump.replace(name, "DB").splitlines()
+                           if not line.startswith(("\\restrict", "\\unrestrict")))
+        return schema, acl, owner, settings, applied
+
+    copied = describe(migrated_db.url("postgres"), migrated_db.name)
+    made = describe(empty_db, fresh)
+    assert copied == made
+    assert copied[1], "the database grants CONNECT to the roles"
