@@ -85,11 +85,11 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def transactions(n: int) -> list[dict]:
-    from devstack import datagen
+    from tillflow import sample
 
     return [{"id": r.id, "transaction_date": r.transaction_date.isoformat(), "category": r.category,
              "name": r.name, "quantity": r.quantity, "amount_excl_tax": str(r.amount_excl_tax),
-             "amount_inc_tax": str(r.amount_inc_tax)} for r in datagen.rows(n, seed=int(time.time()))]
+             "amount_inc_tax": str(r.amount_inc_tax)} for r in sample.rows(n, seed=int(time.time()))]
 
 
 # -- the stack ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ recovery of a lost database (restore over it plus the Kafka replay) next to a ba
 ``python -m bench.backup [--rows N] [--replay-rows R] [--repeat K] [--jobs J]``
 (default 1,000,000 rows, 100,000 replay rows, 2 rounds, 2 restore jobs) starts
 its own PostgreSQL in a temporary directory (fsync on, as in production),
-migrates a database, COPYs N generated rows (``devstack.datagen``) into
+migrates a database, COPYs N generated rows (``tillflow.sample``) into
 ``sales.transactions`` (the legacy history), runs VACUUM ANALYZE, then times,
 in K rounds, each case after a CHECKPOINT, and keeps the best:
 
@@ -84,7 +84,7 @@ from backup.store import Store
 from backup.tools import find_bindir
 from bench.ingest import _LOAD_LINE
 from bench.ingest import Stack as IngestStack
-from devstack import datagen
+from tillflow import sample
 from devstack.kafka import KAFKA_VERSION, KafkaCluster
 from devstack.postgres import NativePostgres
 from devstack.proc import free_port
@@ -163,7 +163,7 @@ class Bench:
         try:
             with conn.cursor() as cur:
                 chunk = 100_000
-                generated = datagen.rows(self.rows, seed=20260105)
+                generated = sample.rows(self.rows, seed=20260105)
                 for start in range(0, self.rows, chunk):
                     buffer = io.StringIO()
                     for r in (next(generated) for _ in range(min(chunk, self.rows - start))):
@@ -247,8 +247,8 @@ class Bench:
 
     def live(self, day: datetime.date, seed: int, what: str) -> None:
         """R rows of ``day`` through the real pipeline: a CSV, ``tillflow load``, the consumer."""
-        csv_path = datagen.write_csv(self.work / datagen.csv_name(day),
-                                     datagen.rows(self.replay_rows, seed=seed, start=day, days=1))
+        csv_path = sample.write_csv(self.work / sample.csv_name(day),
+                                     sample.rows(self.replay_rows, seed=seed, start=day, days=1))
         log(f"{what}: tillflow load of {self.replay_rows:,} rows ({csv_path.name})")
         _, done = self.run_tillflow(["load", str(csv_path)], self.kafka_env("writer"), checkpoint=False)
         match = _LOAD_LINE.search(done.stdout)

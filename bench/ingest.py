@@ -2,7 +2,7 @@
 
 ``python -m bench.ingest [--rows N]`` (default 1,000,000) starts its own native
 stack in a temporary directory (PostgreSQL with fsync on, as in production, and
-three KRaft Kafka brokers), generates N valid rows once (``devstack.datagen``)
+three KRaft Kafka brokers), generates N valid rows once (``tillflow.sample``)
 as a CSV file and as COPY text, and measures in one run, in rows per second:
 
 ``copy_ceiling``
@@ -62,7 +62,7 @@ from bench._postgres import PostgresStack, log
 from bench._postgres import machine_info as common_machine_info
 from consumer.rows import copy_text  # the consumer's own COPY escaping
 from consumer.sink import _COLUMNS as SINK_COLUMNS  # the columns the consumer COPYs, in its order
-from devstack import datagen
+from tillflow import sample
 from devstack.kafka import KAFKA_VERSION, KafkaCluster
 from etl.topics import PARTITIONS  # the topics' partitions, as tillflow create-topics makes them
 from devstack.proc import free_port
@@ -320,13 +320,13 @@ class Runner:
 
 def generate(n: int, workdir: Path) -> tuple[Path, Path]:
     """The CSV file ``tillflow load`` reads and the same rows as the consumer's COPY text."""
-    csv_path = workdir / datagen.csv_name(DAY)
+    csv_path = workdir / sample.csv_name(DAY)
     copy_path = workdir / "rows.copy"
     with open(copy_path, "w", encoding="utf-8", newline="\n") as copy_out:
         write = copy_out.write
 
         def rows():
-            for index, row in enumerate(datagen.rows(n, seed=SEED, start=DAY, days=1)):
+            for index, row in enumerate(sample.rows(n, seed=SEED, start=DAY, days=1)):
                 write("\t".join((
                     row.id, DAY.isoformat(), row.category, copy_text(row.name).decode("utf-8"), str(row.quantity),
                     str(row.amount_excl_tax), str(row.amount_inc_tax), "main", "csv", csv_path.name,
@@ -334,7 +334,7 @@ def generate(n: int, workdir: Path) -> tuple[Path, Path]:
                 )) + "\n")
                 yield row
 
-        datagen.write_csv(csv_path, rows())
+        sample.write_csv(csv_path, rows())
     return csv_path, copy_path
 
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import psycopg2
 
 from bench._postgres import REPO, PostgresStack, log, machine_info
-from devstack import datagen
+from tillflow import sample
 
 RESULTS = REPO / "bench" / "results" / "queries.json"
 DASHBOARDS = REPO / "grafana" / "dashboards"
@@ -279,7 +279,7 @@ class Data:
 
     def product_name(self, rank: int) -> str:
         """The name of the product with popularity ``rank`` (1 is the most sold); as in GENERATE."""
-        return f"{datagen.PRODUCTS[rank % len(datagen.PRODUCTS)]} #{rank}"
+        return f"{sample.PRODUCTS[rank % len(sample.PRODUCTS)]} #{rank}"
 
 
 # A product's popularity rank k in 1..P is floor((P + 1) ^ u) for a uniform u: P(k) is
@@ -366,7 +366,7 @@ def load(stack: PostgresStack, data: Data) -> dict:
     params = {
         "rows": data.rows, "products": data.products, "stores": data.stores, "days": data.days,
         "first_day": data.first_day, "last_day": data.last_day, "sell_share": data.sell_share,
-        "names": list(datagen.PRODUCTS), "name_count": len(datagen.PRODUCTS), "seconds_per_row": seconds_per_row,
+        "names": list(sample.PRODUCTS), "name_count": len(sample.PRODUCTS), "seconds_per_row": seconds_per_row,
         "canaries": SMOKE_ROWS, "rejects": rejects, "conflicts": conflicts,
         "seconds_per_reject": data.days * 86400 / rejects, "seconds_per_conflict": data.days * 86400 / conflicts,
     }

@@ -20,6 +20,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from devstack.kafka import KafkaCluster, java
@@ -48,6 +51,9 @@ METRICS_PORTS = {"consumer": _port("LOCAL_CONSUMER_METRICS_PORT", 39301),
                  "watcher": _port("LOCAL_WATCHER_METRICS_PORT", 39302)}
 API_PORT = _port("LOCAL_API_PORT", 38000)  # the API serves its own /metrics
 API_URL = f"http://127.0.0.1:{API_PORT}"
+
+# Seconds a started service has to answer before `make local` gives up on it.
+SERVICE_TIMEOUT = 60.0
 
 # The Tillflow services `up` starts, each a `tillflow` subcommand.
 SERVICES = {
@@ -160,9 +166,10 @@ def up() -> None:
     _run_tillflow(["migrate"], _service_env(pg, cluster, "owner") | {"DATABASE_URL": pg.url(dbname=DATABASE),
                                                                       **_password_env()})
     _run_tillflow(["create-topics"], _service_env(pg, cluster, "writer"))
-    for name in SERVICES:
-        _start_service(name, pg, cluster)
+    started = {name: _start_service(name, pg, cluster) for name in SERVICES}
     _write_env(pg, cluster)
+    print("waiting for the services to answer...", flush=True)
+    _wait_answering(started)
     print(f"Tillflow runs natively. `source {_shown(ENV_FILE)}`, then e.g. `tillflow report`.")
     print(f"  inbox: {LOCAL / 'inbox'}   logs: {LOGS}")
     for name, port in METRICS_PORTS.items():
@@ -170,10 +177,39 @@ def up() -> None:
     print(f"  API: {API_URL} (docs at {API_URL}/docs; a token: tillflow token create --store main)")
 
 
-def _start_service(name: str, pg: NativePostgres, cluster: KafkaCluster) -> None:
+def _start_service(name: str, pg: NativePostgres, cluster: KafkaCluster) -> subprocess.Popen:
     env = _service_env(pg, cluster, "writer") | _ports_env(name)
     proc = spawn([_tillflow(), *SERVICES[name]], log_path=LOGS / f"{name}.log", attached=False, env=env, cwd=REPO)
     _pidfile(name).write_text(str(proc.pid))
+    return proc
+
+
+def _answer_url(name: str) -> str:
+    """What answers once a service is up: the API's /healthz, the others' metrics."""
+    if name == "api":
+        return f"{API_URL}/healthz"
+    return f"http://127.0.0.1:{METRICS_PORTS[name]}/metrics"
+
+
+def _wait_answering(started: dict[str, subprocess.Popen], timeout: float = SERVICE_TIMEOUT) -> None:
+    """Return once every started service answers over HTTP; a service that exits or stays
+    silent stops ``make local`` with its log's path."""
+    deadline = time.monotonic() + timeout
+    waiting = dict(started)
+    while waiting:
+        for name, proc in list(waiting.items()):
+            if proc.poll() is not None:
+                raise ServiceError(f"{name} exited with status {proc.returncode}: see {_shown(LOGS / f'{name}.log')}")
+            try:
+                with urllib.request.urlopen(_answer_url(name), timeout=2):
+                    del waiting[name]
+            except (OSError, urllib.error.HTTPError):
+                pass
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(waiting)
+            raise ServiceError(f"{names} did not answer within {timeout:.0f}s: see {_shown(LOGS)}")
+        if waiting:
+            time.sleep(0.2)
 
 
 def _stop_service(name: str) -> bool:
@@ -195,9 +231,8 @@ def start_services(names: list[str]) -> None:
     pg, cluster = _postgres(), _kafka()
     if not (pg.running() and cluster.running()):
         raise ServiceError("PostgreSQL and Kafka are not running: start the whole stack with make local")
-    started = [name for name in _services(names) if _running(name) is None]
-    for name in started:
-        _start_service(name, pg, cluster)
+    started = {name: _start_service(name, pg, cluster) for name in _services(names) if _running(name) is None}
+    _wait_answering(started)
     print("started: " + (", ".join(started) if started else "nothing, all were running"))
 
 
@@ -245,6 +280,8 @@ def _write_env(pg: NativePostgres, cluster: KafkaCluster) -> None:
         "POSTGRES_SUPERUSER_URL": pg.url(dbname=DATABASE),
         "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
         "INBOX_DIR": str(LOCAL / "inbox"),
+        # make backup and make restore use it too; the README's native commands need it.
+        "BACKUP_DIR": str(LOCAL / "backups"),
         "ARCHIVE_DIR": str(LOCAL / "archive"),
         "FAILED_DIR": str(LOCAL / "failed"),
         "TILLFLOW_ENV": "development",

@@ -11,6 +11,7 @@ import argparse
 import datetime
 import logging
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from tillflow.errors import TillflowError
@@ -24,6 +25,16 @@ def _date(text: str) -> datetime.date:
         return datetime.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date in the form YYYY-MM-DD") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _number_of_seconds(text: str) -> float:
@@ -87,6 +98,21 @@ def _cmd_consume(args: argparse.Namespace) -> int:
     from tillflow.config import Settings
 
     return cli_consume(Settings.from_env(need_kafka=True, need_database=True), until_idle=args.until_idle)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from tillflow.errors import InputError
+    from tillflow.sample import write_sample
+
+    day = args.date or datetime.datetime.now(datetime.timezone.utc).date()
+    try:
+        path = write_sample(args.dir, day, rows_count=args.rows, invalid=args.invalid)
+    except FileExistsError as exc:
+        raise InputError(f"{exc.filename} exists already: move it away or give another --date") from exc
+    except OSError as exc:
+        raise InputError(f"cannot write a sample file in {args.dir}: {exc.strerror}") from exc
+    print(path)
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -188,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("consume", _cmd_consume, "write transactions and rejects from Kafka into PostgreSQL")
     p.add_argument("--until-idle", type=_seconds, metavar="SECONDS",
                    help="exit once nothing new arrived for this long and everything read is committed")
+
+    p = add("sample", _cmd_sample, "write a sample CSV file (retail_DD_MM_YYYY.csv) to try Tillflow with: valid "
+            "rows and a few the validator rejects")
+    p.add_argument("--dir", type=Path, default=Path("."), help="directory to write it in (default: here), "
+                   "e.g. the inbox")
+    p.add_argument("--date", type=_date, help="the file's date (YYYY-MM-DD; default today, UTC)")
+    p.add_argument("--rows", type=_positive, default=20, help="valid rows (default 20)")
+    p.add_argument("--invalid", type=int, choices=range(4), default=2, metavar="{0..3}",
+                   help="rows the validator rejects (default 2)")
 
     p = add("report", _cmd_report, "print the business answers from the analytics views")
     p.add_argument("--product", help="only this product's balance by date")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack import datagen
+from tillflow import sample
 from etl.api import tokens
 from support.api import (
     DAY, ApiServer, assert_each_stored_once, consume_until_idle, query, stored_ids, tillflow, topic_size,
@@ -244,9 +244,9 @@ def test_token_commands_create_list_and_revoke(migrated_db, api_env):
 
 # -- uploads ---------------------------------------------------------------------------------
 def _csv(tmp_path: Path, n: int, seed: int, name: str | None = None) -> tuple[Path, list]:
-    rows = list(datagen.rows(n, seed=seed, start=DAY, days=1))
+    rows = list(sample.rows(n, seed=seed, start=DAY, days=1))
     (tmp_path / "files").mkdir(exist_ok=True)
-    path = datagen.write_csv(tmp_path / "files" / (name or datagen.csv_name(DAY)), rows)
+    path = sample.write_csv(tmp_path / "files" / (name or sample.csv_name(DAY)), rows)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("not-a-uuid,SELL,Milk,1,1.00,1.20\n")
     return path, rows

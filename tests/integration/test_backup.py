@@ -32,7 +32,7 @@ from backup.errors import BackupError, RestoreError
 from backup.restore import restore
 from backup.store import Store
 from backup.tools import Server, find_bindir
-from devstack import datagen
+from tillflow import sample
 from devstack.proc import free_port
 from support import services
 from support.services import make_root
@@ -67,7 +67,7 @@ def context(url: str, directory: Path, *, clock=utcnow, **env: str) -> Context:
 
 def insert(db, count: int, seed: int) -> set[str]:
     """COPY ``count`` valid generated rows as the writer, the way the consumer stores them."""
-    rows = list(datagen.rows(count, seed=seed))
+    rows = list(sample.rows(count, seed=seed))
     buffer = io.StringIO("".join(
         f"{r.id}\t{r.transaction_date}\t{r.category}\t{r.name}\t{r.quantity}\t{r.amount_excl_tax}\t{r.amount_inc_tax}\n"
         for r in rows
@@ -299,7 +299,7 @@ def test_a_full_verification_reconciles_the_rollups_of_the_restored_copy(migrate
     """Invariant: the restore test recomputes the rollups from the restored rows; a backup
     whose totals disagree with its rows fails it, naming the key and column."""
     insert(migrated_db, 1500, seed=21)
-    written = list(datagen.rows(1500, seed=21))
+    written = list(sample.rows(1500, seed=21))
     keys = (len({(r.transaction_date, "main") for r in written}) + len({(r.transaction_date, r.name) for r in written})
             + len({r.name for r in written}))  # the store and product rollups, and the product list
     ctx = context(migrated_db.url("backup"), tmp_path)

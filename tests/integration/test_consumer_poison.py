@@ -7,7 +7,7 @@ import uuid
 
 from kafka import KafkaProducer
 
-from devstack import datagen
+from tillflow import sample
 from tillflow.messages import encode_transaction
 from tillflow.record import Origin, Transaction
 from support.pipeline import consume_until_idle, query, stored
@@ -18,7 +18,7 @@ def test_undecodable_and_database_refused_messages_become_rejects(env, migrated_
         Transaction(id=uuid.UUID(r.id), transaction_date=r.transaction_date, category=r.category,
                     name=r.name, quantity=r.quantity, amount_excl_tax=r.amount_excl_tax,
                     amount_inc_tax=r.amount_inc_tax, store_id="main")
-        for r in datagen.rows(3, seed=41)
+        for r in sample.rows(3, seed=41)
     ]
     # Validated under another TAX_RATE (10%): the message is well formed, but the
     # database's tax rule (this consumer's 20%) refuses it.

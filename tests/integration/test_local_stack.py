@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 from kafka import KafkaAdminClient
 
-from devstack import datagen
+from tillflow import sample
 from devstack.local import SERVICES
 from devstack.proc import free_port, pid_alive
 from support import services, watchdog
@@ -87,8 +87,8 @@ def test_local_stack_up_twice_down_up_keeps_data_and_down_leaves_nothing(stack_e
         admin.close()
 
     # A CSV dropped into the inbox shows up in the report within seconds.
-    day = datagen.rows(20, seed=3)
-    datagen.write_csv(tmp_path / "drop.tmp", day)
+    day = sample.rows(20, seed=3)
+    sample.write_csv(tmp_path / "drop.tmp", day)
     os.replace(tmp_path / "drop.tmp", root / "inbox" / "retail_05_01_2026.csv")
     report_env = {**os.environ, **values}
     deadline = time.monotonic() + 30
@@ -178,3 +178,49 @@ def test_missing_java_is_named_in_one_line(stack_env):
     done = local(env, "up")
     assert done.returncode == 1
     assert "Java is missing" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def readme_block(heading: str) -> list[str]:
+    """The commands of the README's first ``sh`` block under ``heading``, without their comments."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(f"\n## {heading}\n"):]
+    block = section[section.index("```sh\n") + 6:]
+    block = block[:block.index("```")]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_runs_as_written(stack_env):
+    """A newcomer's first minutes: every command of "Quick start without Docker", verbatim, in a
+    checkout of its own (the repository's entries linked into a directory whose .local is this
+    test's stack). Only `tillflow report` is re-run until the sample file is loaded, as a person
+    would; each command must exit 0."""
+    commands = readme_block("Quick start without Docker")
+    assert commands[0] == "make local" and commands[1] == "source .local/env" and commands[-1] == "make local-down"
+    local_dir = Path(stack_env["TILLFLOW_LOCAL_DIR"])
+    checkout = local_dir.parent / "checkout"
+    checkout.mkdir()
+    for entry in REPO.iterdir():
+        if entry.name not in (".local", ".git"):
+            (checkout / entry.name).symlink_to(entry)
+    (checkout / ".local").symlink_to(local_dir, target_is_directory=True)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    script = ["set -e"]
+    for n, command in enumerate(commands):
+        script.append(f"echo '>>> {n}'")
+        if command.startswith("tillflow report"):
+            # Loaded "within seconds": re-run until today's 20 valid rows show (the 2 invalid ones are rejects).
+            script.append(f"for i in $(seq 60); do out=$({command} --format csv); "
+                          f"case \"$out\" in *'{today},20,'*) break;; esac; sleep 0.5; done; echo \"$out\"")
+        else:
+            script.append(command)
+    done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=checkout, env=stack_env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    report = out[out.index(f">>> {commands.index('tillflow report')}"):]
+    assert f"{today},20," in report, out
+    assert "backup tillflow-" in out and "rows of sales.transactions" in out, out
+    assert any(p.suffix == ".dump" for p in (local_dir / "backups").iterdir())
+    assert "stopped:" in out

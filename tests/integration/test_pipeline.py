@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from devstack import datagen
+from tillflow import sample
 from etl.topics import PARTITIONS
 from support.pipeline import (
     assert_rollups_match, consume_until_idle, expected, query, start_consumer, stored, tillflow, topic_size,
@@ -32,8 +32,8 @@ BAD_LINES = [
 
 
 def test_load_then_consume_stores_every_valid_row_once_and_keeps_rejects(env, migrated_db, tmp_path):
-    good = list(datagen.rows(300, seed=11, start=DAY, days=1))
-    path = datagen.write_csv(tmp_path / datagen.csv_name(DAY), good)
+    good = list(sample.rows(300, seed=11, start=DAY, days=1))
+    path = sample.write_csv(tmp_path / sample.csv_name(DAY), good)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("\n".join(BAD_LINES) + "\n")
 
@@ -58,8 +58,8 @@ def test_load_then_consume_stores_every_valid_row_once_and_keeps_rejects(env, mi
 
 
 def test_same_file_three_times_and_twice_concurrently_is_stored_once(env, migrated_db, tmp_path):
-    items = list(datagen.rows(500, seed=12, start=DAY, days=1))
-    path = datagen.write_csv(tmp_path / datagen.csv_name(DAY), items)
+    items = list(sample.rows(500, seed=12, start=DAY, days=1))
+    path = sample.write_csv(tmp_path / sample.csv_name(DAY), items)
     for _ in range(3):
         tillflow(env, "load", str(path))
     threads = [threading.Thread(target=tillflow, args=(env, "load", str(path))) for _ in range(2)]
@@ -84,10 +84,10 @@ def test_same_file_three_times_and_twice_concurrently_is_stored_once(env, migrat
 
 
 def test_overlapping_file_adds_only_the_new_rows(env, migrated_db, tmp_path):
-    items = list(datagen.rows(400, seed=13, start=DAY, days=1))
+    items = list(sample.rows(400, seed=13, start=DAY, days=1))
     (tmp_path / "morning").mkdir()
-    morning = datagen.write_csv(tmp_path / "morning" / datagen.csv_name(DAY), items[:250])
-    evening = datagen.write_csv(tmp_path / datagen.csv_name(DAY), items[100:])
+    morning = sample.write_csv(tmp_path / "morning" / sample.csv_name(DAY), items[:250])
+    evening = sample.write_csv(tmp_path / sample.csv_name(DAY), items[100:])
     tillflow(env, "load", str(morning))
     consume_until_idle(env)
     assert set(stored(migrated_db)) == {r.id for r in items[:250]}
@@ -101,11 +101,11 @@ def test_overlapping_file_adds_only_the_new_rows(env, migrated_db, tmp_path):
 
 
 def test_conflicting_duplicate_keeps_the_first_version_and_records_both(env, migrated_db, tmp_path):
-    first = list(datagen.rows(10, seed=14, start=DAY, days=1))
+    first = list(sample.rows(10, seed=14, start=DAY, days=1))
     changed = first[3].__class__(**{**first[3].__dict__, "quantity": first[3].quantity + 1})
     (tmp_path / "a").mkdir()
-    a = datagen.write_csv(tmp_path / "a" / datagen.csv_name(DAY), first)
-    b = datagen.write_csv(tmp_path / datagen.csv_name(DAY), [changed])
+    a = sample.write_csv(tmp_path / "a" / sample.csv_name(DAY), first)
+    b = sample.write_csv(tmp_path / sample.csv_name(DAY), [changed])
     tillflow(env, "load", str(a))
     consume_until_idle(env)
     tillflow(env, "load", str(b))
@@ -119,8 +119,8 @@ def test_conflicting_duplicate_keeps_the_first_version_and_records_both(env, mig
 
 
 def test_sqlite_migration_converts_float_amounts_exactly(env, migrated_db, tmp_path):
-    items = list(datagen.rows(1000, seed=15))
-    db_path = datagen.write_sqlite(tmp_path / "legacy.db", items)
+    items = list(sample.rows(1000, seed=15))
+    db_path = sample.write_sqlite(tmp_path / "legacy.db", items)
     out = tillflow(env, "migrate-sqlite", str(db_path)).stdout
     assert "1000 rows read, 1000 accepted, 0 rejected" in out
     consume_until_idle(env)
@@ -158,8 +158,8 @@ def test_missing_file_is_refused(env, tmp_path):
 
 
 def test_sigterm_finishes_the_batch_commits_and_exits_zero(env, migrated_db, tmp_path):
-    items = list(datagen.rows(3000, seed=16, start=DAY, days=1))
-    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), items)))
+    items = list(sample.rows(3000, seed=16, start=DAY, days=1))
+    tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(DAY), items)))
     proc = start_consumer(env, tmp_path / "consumer.log")
     wait_for(lambda: len(stored(migrated_db)) > 0, 60, "the first batch")
     proc.send_signal(signal.SIGTERM)
@@ -170,8 +170,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(env, migrated_db, tmp
 
 @pytest.mark.slow
 def test_postgres_down_for_30s_loses_nothing_and_doubles_nothing(env, migrated_db, running_postgres, tmp_path):
-    items = list(datagen.rows(30_000, seed=17, start=DAY, days=1))
-    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), items)))
+    items = list(sample.rows(30_000, seed=17, start=DAY, days=1))
+    tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(DAY), items)))
     proc = start_consumer(env | {"CONSUMER_BATCH_SIZE": "1000"}, tmp_path / "consumer.log")
     try:
         wait_for(lambda: len(stored(migrated_db)) > 0, 60, "the first batch")
@@ -192,8 +192,8 @@ def test_postgres_down_for_30s_loses_nothing_and_doubles_nothing(env, migrated_d
 
 @pytest.mark.slow
 def test_consumer_sigkilled_mid_stream_and_restarted_stores_each_id_once(env, migrated_db, tmp_path):
-    items = list(datagen.rows(30_000, seed=18, start=DAY, days=1))
-    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), items)))
+    items = list(sample.rows(30_000, seed=18, start=DAY, days=1))
+    tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(DAY), items)))
     small = env | {"CONSUMER_BATCH_SIZE": "500"}
     for _ in range(2):
         proc = start_consumer(small, tmp_path / "consumer.log")
@@ -212,8 +212,8 @@ def test_consumer_sigkilled_mid_stream_and_restarted_stores_each_id_once(env, mi
 
 @pytest.mark.slow
 def test_two_consumers_share_the_partitions(env, migrated_db, tmp_path):
-    items = list(datagen.rows(20_000, seed=19, start=DAY, days=1))
-    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), items)))
+    items = list(sample.rows(20_000, seed=19, start=DAY, days=1))
+    tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(DAY), items)))
     small = env | {"CONSUMER_BATCH_SIZE": "500"}
     procs = [start_consumer(small, tmp_path / f"consumer-{i}.log") for i in range(2)]
     try:
@@ -230,8 +230,8 @@ def test_two_consumers_share_the_partitions(env, migrated_db, tmp_path):
 
 
 def test_report_answers_equal_an_independent_computation(env, migrated_db, tmp_path):
-    items = list(datagen.rows(2000, seed=20, start=DAY, days=10, products=["Apples", "Bread", "Milk"]))
-    tillflow(env, "load", "--date", "2026-01-05", str(datagen.write_csv(tmp_path / "today.csv", items)))
+    items = list(sample.rows(2000, seed=20, start=DAY, days=10, products=["Apples", "Bread", "Milk"]))
+    tillflow(env, "load", "--date", "2026-01-05", str(sample.write_csv(tmp_path / "today.csv", items)))
     consume_until_idle(env)
     report_env = env | {"DATABASE_URL": migrated_db.url("reader")}
     doc = json.loads(tillflow(report_env, "report", "--format", "json").stdout)

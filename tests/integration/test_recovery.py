@@ -25,7 +25,7 @@ from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient
 from psycopg2 import sql
 
-from devstack import datagen
+from tillflow import sample
 from etl.api import tokens
 from support import services
 from support.api import ApiServer, transaction
@@ -119,8 +119,8 @@ class Tills:
 
 def csv_with_rejects(path, seed: int) -> tuple[list, set[str]]:
     """A CSV of valid rows and three invalid ones; the valid rows and the invalid rows' ids."""
-    items = list(datagen.rows(400, seed=seed, start=DAY, days=1))
-    datagen.write_csv(path, items)
+    items = list(sample.rows(400, seed=seed, start=DAY, days=1))
+    sample.write_csv(path, items)
     bad = {f"bad-csv-{seed}-{i}" for i in range(3)}
     with open(path, "a", encoding="utf-8") as handle:
         for bad_id in sorted(bad):
@@ -161,8 +161,8 @@ def test_a_lost_database_is_rebuilt_from_the_backup_plus_kafka(consumers, runnin
                                  "backup", "run")
                 n_after = len(tills.accepted)
                 wait_for(lambda: len(tills.accepted) >= n_after + 1000, 120, "more posted after the backup")
-                loaded, bad_csv = csv_with_rejects(tmp_path / datagen.csv_name(DAY), seed=31)
-                tillflow(env, "load", str(tmp_path / datagen.csv_name(DAY)))
+                loaded, bad_csv = csv_with_rejects(tmp_path / sample.csv_name(DAY), seed=31)
+                tillflow(env, "load", str(tmp_path / sample.csv_name(DAY)))
                 time.sleep(1.0)
             name = taken.stdout.split()[1].rstrip(":")
             # The disk is gone: the server dies and its data directory with it.
@@ -217,15 +217,15 @@ def test_a_restore_refuses_when_kafka_deleted_records_the_backup_lacks(env, migr
                                                                       tmp_path):
     """Retention passed: the restore names each partition and offset range, changes nothing,
     and exits non-zero; with --accept-loss it restores and the replay starts at what Kafka has."""
-    first = list(datagen.rows(300, seed=41, start=DAY, days=1))
-    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), first)))
+    first = list(sample.rows(300, seed=41, start=DAY, days=1))
+    tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(DAY), first)))
     consume_until_idle(env)
     backups = tmp_path / "backups"
     as_backup = {**env, "DATABASE_URL": migrated_db.url("backup"), "BACKUP_DIR": str(backups)}
     name = tillflow(as_backup, "backup", "run").stdout.split()[1].rstrip(":")
     next_day = DAY + datetime.timedelta(days=1)
-    later = list(datagen.rows(300, seed=42, start=next_day, days=1))
-    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(next_day), later)))
+    later = list(sample.rows(300, seed=42, start=next_day, days=1))
+    tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(next_day), later)))
     consume_until_idle(env)
     positions = {(t, p): o for t, p, o in query(
         migrated_db, "SELECT topic, partition, next_offset FROM ingest.kafka_positions")}
@@ -279,12 +279,12 @@ def test_the_backup_service_warns_of_short_retention_and_exports_what_kafka_lost
     from devstack.proc import free_port
     from support.pipeline import TILLFLOW
 
-    first = list(datagen.rows(300, seed=51, start=DAY, days=1))
-    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(DAY), first)))
+    first = list(sample.rows(300, seed=51, start=DAY, days=1))
+    tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(DAY), first)))
     consume_until_idle(env)
     next_day = DAY + datetime.timedelta(days=1)
-    unread = list(datagen.rows(200, seed=52, start=next_day, days=1))
-    tillflow(env, "load", str(datagen.write_csv(tmp_path / datagen.csv_name(next_day), unread)))
+    unread = list(sample.rows(200, seed=52, start=next_day, days=1))
+    tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(next_day), unread)))
     ends = {(t, p): o for (t, p), o in kafka_ends(running_kafka.bootstrap_servers, topics.transactions).items()}
     # Retention passes over records no consumer stored yet: all of the topic is deleted.
     admin = KafkaAdminClient(bootstrap_servers=running_kafka.bootstrap_servers)

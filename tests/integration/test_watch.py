@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from devstack import datagen
+from tillflow import sample
 from etl.load import Loader
 from etl.producer import Publisher
 from etl.uploads import UploadLedger
@@ -39,9 +39,9 @@ def settle(w: Watcher) -> int:
 
 
 def test_a_file_still_being_written_is_not_taken(watcher, env, migrated_db):
-    items = list(datagen.rows(200, seed=31, start=DAY, days=1))
-    path = watcher.inbox / datagen.csv_name(DAY)
-    full = datagen.write_csv(watcher.inbox.parent / "full.csv", items).read_bytes()
+    items = list(sample.rows(200, seed=31, start=DAY, days=1))
+    path = watcher.inbox / sample.csv_name(DAY)
+    full = sample.write_csv(watcher.inbox.parent / "full.csv", items).read_bytes()
     with open(path, "wb") as handle:
         handle.write(full[: len(full) // 2])
         handle.flush()
@@ -66,10 +66,10 @@ def test_partial_names_are_ignored(watcher):
 
 
 def test_an_unreadable_file_goes_to_failed_with_its_reason(watcher):
-    bad = watcher.inbox / datagen.csv_name(DAY)
+    bad = watcher.inbox / sample.csv_name(DAY)
     bad.write_text("id,kind,description\n1,2,3\n")
     no_date = watcher.inbox / "export.csv"
-    datagen.write_csv(no_date, datagen.rows(3, seed=1))
+    sample.write_csv(no_date, sample.rows(3, seed=1))
     assert settle(watcher) == 2
     reasons = {p.name: p.read_text() for p in watcher.failed.glob("*.reason.txt")}
     assert set(reasons) == {f"{bad.name}.reason.txt", "export.csv.reason.txt"}
@@ -79,17 +79,17 @@ def test_an_unreadable_file_goes_to_failed_with_its_reason(watcher):
 
 
 def test_after_a_crash_a_taken_file_is_loaded_once(watcher, env, migrated_db, running_kafka, topics):
-    items = list(datagen.rows(100, seed=32, start=DAY, days=1))
+    items = list(sample.rows(100, seed=32, start=DAY, days=1))
     # Crash after taking, before loading: the file waits in .processing.
-    datagen.write_csv(watcher.processing / datagen.csv_name(DAY), items)
+    sample.write_csv(watcher.processing / sample.csv_name(DAY), items)
     assert watcher.run_once() == 1
     size = topic_size(running_kafka.bootstrap_servers, topics.transactions)
     assert size == 100
     # Crash after publishing, before archiving: the same file is back in .processing.
-    datagen.write_csv(watcher.processing / datagen.csv_name(DAY), items)
+    sample.write_csv(watcher.processing / sample.csv_name(DAY), items)
     assert watcher.run_once() == 1
     # The same content dropped again later: archived, not published again.
-    datagen.write_csv(watcher.inbox / datagen.csv_name(DAY), items)
+    sample.write_csv(watcher.inbox / sample.csv_name(DAY), items)
     assert settle(watcher) == 1
     assert topic_size(running_kafka.bootstrap_servers, topics.transactions) == size
     assert len(list(watcher.archive.rglob("*.csv"))) == 3
@@ -98,12 +98,12 @@ def test_after_a_crash_a_taken_file_is_loaded_once(watcher, env, migrated_db, ru
 
 
 def test_postgres_down_keeps_the_file_and_retries(watcher, env, migrated_db, running_postgres):
-    items = list(datagen.rows(50, seed=33, start=DAY, days=1))
-    datagen.write_csv(watcher.inbox / datagen.csv_name(DAY), items)
+    items = list(sample.rows(50, seed=33, start=DAY, days=1))
+    sample.write_csv(watcher.inbox / sample.csv_name(DAY), items)
     running_postgres.stop("fast")
     try:
         assert settle(watcher) == 0
-        assert [p.name for p in watcher.processing.iterdir()] == [datagen.csv_name(DAY)]
+        assert [p.name for p in watcher.processing.iterdir()] == [sample.csv_name(DAY)]
     finally:
         running_postgres.start()
     watcher._retry_at = 0  # skip the backoff wait

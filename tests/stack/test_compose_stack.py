@@ -21,12 +21,13 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from devstack import datagen
+from tillflow import sample
 from support.api import transaction as api_transaction
 from support.compose import ROOT, ComposeStack
 
@@ -150,8 +151,8 @@ def test_secrets_are_files_only_their_services_read(stack: ComposeStack):
 
 # ---------------------------------------------------------------- what admins and tills do
 def test_a_csv_in_the_inbox_is_stored_and_archived(stack: ComposeStack):
-    items = list(datagen.rows(300, seed=7, start=DAY, days=1))
-    path = datagen.write_csv(stack.dir / "inbox" / datagen.csv_name(DAY), items)
+    items = list(sample.rows(300, seed=7, start=DAY, days=1))
+    path = sample.write_csv(stack.dir / "inbox" / sample.csv_name(DAY), items)
     started = time.monotonic()
     ids = {str(i.id) for i in items}
     wait_until("the CSV's rows stored", lambda: stored_ids(stack, ids) == ids, 120, every=1)
@@ -159,6 +160,25 @@ def test_a_csv_in_the_inbox_is_stored_and_archived(stack: ComposeStack):
     assert not path.exists()
     archived = stack.exec("watcher", "find", "/data/archive", "-name", path.name).stdout.split()
     assert len(archived) == 1
+
+
+def test_the_readme_sample_command_feeds_the_inbox(stack: ComposeStack):
+    """The Docker quick start's last command, as written in the README."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("## Quick start with Docker"):]
+    block = block[block.index("```sh\n") + 6:block.index("```", block.index("```sh\n") + 6)]
+    (command,) = [line.split("  #")[0].strip() for line in block.splitlines() if "tillflow sample" in line]
+    assert command.startswith("docker compose exec watcher ")
+    done = stack.sh(["bash", "-c", command])
+    name = Path(done.stdout.strip()).name
+    assert re.fullmatch(r"retail_\d\d_\d\d_\d{4}\.csv", name), done.stdout
+
+    def stored() -> bool:
+        (count,), = stack.psql(f"SELECT count(*) FROM sales.transactions WHERE source_ref = '{name}'")
+        (rejects,), = stack.psql(f"SELECT count(*) FROM ingest.rejects WHERE source_ref = '{name}'")
+        return (int(count), int(rejects)) == (20, 2)
+
+    wait_until("the sample's 20 rows and 2 rejects stored", stored, 120, every=1)
 
 
 def test_a_token_a_post_and_a_websocket_transaction_are_stored(stack: ComposeStack, api: str, token: str):

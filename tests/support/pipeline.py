@@ -61,7 +61,7 @@ def stored_ids(db) -> set[str]:
 
 
 def expected(items) -> dict[str, tuple]:
-    """The ``stored()`` view of generated rows (``devstack.datagen.Row``)."""
+    """The ``stored()`` view of generated rows (``devstack.sample.Row``)."""
     return {r.id: (r.transaction_date, r.category, r.name, r.quantity, r.amount_excl_tax, r.amount_inc_tax)
             for r in items}
 

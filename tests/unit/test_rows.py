@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from support.strategies import origins, transactions
 
 from consumer.rows import NULL, TransactionRow, copy_text, fast_row, plain_text, row_of
-from devstack import datagen
+from tillflow import sample
 from tillflow.messages import MessageError, TransactionMessage, decode, encode_transaction
 from tillflow.record import Origin, Transaction, validate
 
@@ -60,7 +60,7 @@ def test_a_message_as_the_producer_writes_it_takes_the_fast_path():
 
 
 def test_every_row_of_the_benchmark_data_takes_the_fast_path():
-    for item in datagen.rows(2000, seed=7):
+    for item in sample.rows(2000, seed=7):
         record = tx(id=item.id, transaction_date=item.transaction_date.isoformat(), category=item.category,
                     name=item.name, quantity=str(item.quantity), amount_excl_tax=str(item.amount_excl_tax),
                     amount_inc_tax=str(item.amount_inc_tax))

@@ -1,5 +1,6 @@
-"""Generated transaction data for tests and benchmarks: deterministic for a seed,
-valid by construction, with exact Decimal amounts.
+"""Generated transaction data: deterministic for a seed, valid by construction,
+with exact Decimal amounts. ``tillflow sample`` writes a file to try Tillflow
+with; the tests and benchmarks generate their data here too.
 
 Writers produce the real input formats: CSV files as the tills export them and
 the legacy SQLite table with float amounts.
@@ -88,3 +89,28 @@ def write_sqlite(path: Path, items) -> Path:
 
 def csv_name(day: datetime.date) -> str:
     return f"retail_{day:%d_%m_%Y}.csv"
+
+
+# Rows a till's export might hold by mistake: what the validator rejects, each for one reason.
+_INVALID = (
+    ("quantity is 0", ["SELL", "Milk", "0", "1.00", "1.20"]),
+    ("amount_inc_tax is not amount_excl_tax plus 20 % tax", ["BUY", "Flour", "3", "10.00", "11.00"]),
+    ("category is neither SELL nor BUY", ["GIFT", "Tea", "1", "2.50", "3.00"]),
+)
+
+
+def write_sample(directory: Path, day: datetime.date, *, rows_count: int = 20, invalid: int = 2,
+                 seed: int = 26) -> Path:
+    """``retail_DD_MM_YYYY.csv`` in ``directory``: ``rows_count`` valid rows of ``day``, then ``invalid``
+    rows the validator rejects (at most three). Refuses to overwrite a file."""
+    path = Path(directory) / csv_name(day)
+    items = list(rows(rows_count, seed=seed, start=day, days=1))
+    with open(path, "x", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(HEADER)
+        for row in items:
+            writer.writerow(row.csv_fields())
+        for n, (_, fields) in enumerate(_INVALID[:invalid]):
+            rng = random.Random(f"{seed}-invalid-{n}")
+            writer.writerow([str(uuid.UUID(int=rng.getrandbits(128), version=4)), *fields])
+    return path
