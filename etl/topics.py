@@ -1,71 +1,73 @@
 """The Kafka topics and their guarantees: replication factor 3, at least two
-in-sync replicas for a write to count, and no unclean leader election."""
+in-sync replicas for a write to count, and no unclean leader election. Made
+with confluent-kafka's AdminClient, like every other Kafka request Tillflow makes."""
 from __future__ import annotations
 
 import logging
 import time
 
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import GroupIdNotFoundError, KafkaError, TopicAlreadyExistsError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
 
 from tillflow.config import Settings
 from tillflow.errors import PublishError
+from tillflow.kafka_admin import MIN_INSYNC_REPLICAS, admin_client, describe_error
 
 log = logging.getLogger(__name__)
-_GROUP_NOT_FOUND = f"[Error {GroupIdNotFoundError.errno}]"  # how kafka-python words that answer
 
-# One partition per broker. librdkafka, which every Tillflow producer uses, sends one produce
-# request per partition (never several partitions in one request, unlike the Java client), and
-# on a small box a broker's cost is per request far more than per record: with acks=all each
-# request also wakes both followers' fetches. bench: the same API and cluster on 2 cores, 3
-# partitions against 6, alternating: WebSocket 5,841-6,059 against 2,820 tx/s (server CPU 125
-# against 236 us a transaction), HTTP p99 at 500 tx/s 55-63 against 94-273 ms. It also bounds
-# the consumer group: at most 3 consumers share the work. Topics that exist keep their count;
+REPLICATION_FACTOR = 3
+# One partition per broker: librdkafka, which every Tillflow producer uses, sends one produce
+# request per partition, and on a small box a broker's cost is per request far more than per
+# record (bench/README.md, "Topics with one partition per broker"). It also bounds the consumer
+# group: at most 3 consumers share the work. Topics that exist keep their count;
 # `tillflow create-topics --partitions N` makes new ones with N.
 PARTITIONS = 3
 
 TOPIC_CONFIG = {
-    "min.insync.replicas": "2",
+    "min.insync.replicas": str(MIN_INSYNC_REPLICAS),
     "unclean.leader.election.enable": "false",
     "retention.ms": str(14 * 24 * 3600 * 1000),
 }
 
 
-def create_topics(bootstrap_servers, names: list[str], *, partitions: int = PARTITIONS, replication: int = 3,
-                  timeout: float = 120) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+def create_topics(bootstrap_servers, names: list[str], *, partitions: int = PARTITIONS,
+                  replication: int = REPLICATION_FACTOR, timeout: float = 120) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    Creation is acknowledged by the controller; brokers learn of it a moment
+    later. Returns only once the metadata lists every topic, so services started
+    after never meet "unknown topic"."""
+    servers = list(bootstrap_servers)
+    admin = admin_client(servers, client_id="tillflow-topics")
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=list(bootstrap_servers), client_id="tillflow-topics")
-            break
-        except KafkaError as exc:
-            if time.monotonic() > deadline:
-                raise PublishError(f"cannot reach Kafka at {','.join(bootstrap_servers)}: {exc}") from exc
-            time.sleep(2)
-    created = []
-    try:
-        existing = set(admin.list_topics())
-        for name in names:
-            if name in existing:
-                continue
+
+    def existing() -> set[str]:
+        while True:
             try:
-                admin.create_topics([NewTopic(name, partitions, replication, topic_configs=TOPIC_CONFIG)])
+                return set(admin.list_topics(timeout=min(10.0, max(1.0, deadline - time.monotonic()))).topics)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise PublishError(f"cannot reach Kafka at {','.join(servers)}: {describe_error(exc)}") from exc
+                time.sleep(2)
+
+    missing = [name for name in names if name not in existing()]
+    created = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=replication, config=TOPIC_CONFIG)
+             for name in missing], request_timeout=max(1.0, deadline - time.monotonic()))
+        for name, future in futures.items():
+            try:
+                future.result()
                 created.append(name)
-            except TopicAlreadyExistsError:
-                pass
-            except KafkaError as exc:
-                raise PublishError(f"cannot create topic {name}: {exc}") from exc
-        # Creation is acknowledged by the controller; brokers learn of it a moment
-        # later. Return only once every broker's metadata lists every topic, so
-        # services started after us never meet "unknown topic".
-        while set(names) - set(admin.list_topics()):
-            if time.monotonic() > deadline:
-                missing = sorted(set(names) - set(admin.list_topics()))
-                raise PublishError(f"topics {', '.join(missing)} were created but are not visible after {timeout:.0f}s")
-            time.sleep(0.5)
-    finally:
-        admin.close()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise PublishError(f"cannot create topic {name}: {describe_error(exc)}") from exc
+    while set(names) - existing():
+        if time.monotonic() > deadline:
+            absent = sorted(set(names) - existing())
+            raise PublishError(f"topics {', '.join(absent)} were created but are not visible after {timeout:.0f}s")
+        time.sleep(0.5)
     return created
 
 
@@ -79,25 +81,19 @@ def wait_for_group_coordinator(bootstrap_servers, group: str, *, timeout: float 
     ``docker compose up`` waits for nothing).
     """
     deadline = time.monotonic() + timeout
-    admin = None
-    try:
-        while time.monotonic() < deadline:
-            try:
-                if admin is None:
-                    wait_ms = max(1000, int(min(10.0, deadline - time.monotonic()) * 1000))
-                    admin = KafkaAdminClient(bootstrap_servers=list(bootstrap_servers), client_id="tillflow-topics",
-                                             bootstrap_timeout_ms=wait_ms, request_timeout_ms=wait_ms)
-                # Answered: the group exists, or (Kafka 4's coordinator) it is known not to.
-                error = admin.describe_groups([group])[group].get("error")
-                if error is None or error.startswith(_GROUP_NOT_FOUND):
-                    return True
-            except KafkaError:
-                pass
-            time.sleep(0.5)
-        return False
-    finally:
-        if admin is not None:
-            admin.close()
+    admin = admin_client(bootstrap_servers, client_id="tillflow-topics", timeout=min(10.0, timeout))
+    while time.monotonic() < deadline:
+        wait = max(1.0, min(10.0, deadline - time.monotonic()))
+        try:
+            admin.describe_consumer_groups([group], request_timeout=wait)[group].result(timeout=wait)
+            return True  # the group exists, or (Kafka 4's coordinator) it is known not to
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
+                return True
+        except TimeoutError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def cli_create_topics(settings: Settings, partitions: int | None = None) -> int:

@@ -56,6 +56,7 @@ from etl.api import metrics
 from etl.producer import producer_config
 from tillflow.config import Settings
 from tillflow.errors import PublishError
+from tillflow.kafka_admin import assess
 
 log = logging.getLogger("tillflow.api")
 # librdkafka's own log lines (a refused connection to a stopped broker, every
@@ -65,18 +66,15 @@ kafka_log = logging.getLogger("tillflow.api.kafka")
 Record = tuple[str, bytes | None, bytes]
 # Records wait up to 20 ms to share a produce request. librdkafka sends one request per
 # partition and an idempotent producer caps what is in flight per partition: with lone
-# records (one HTTP request, one till message) at a few hundred a second, a 2 ms linger
-# meant one request per record, and on a 2-core box the brokers' CPU and librdkafka's own
-# grew until acknowledgements slowed and everything queued. bench.api, one run each on
-# the same machine: HTTP at 500 tx/s p50 785 -> 24 ms, WebSocket 3,800 -> 9,300 tx/s; a
-# plain producer loop at 500/s spent ~500 -> ~50 us of librdkafka CPU per record. The
-# price: p50 8 -> 26 ms at 100 tx/s, when nothing else waits.
+# records (one HTTP request, one till message) at a few hundred a second, a short linger
+# meant one request per record, and on a small box the brokers' CPU and librdkafka's own
+# grew until acknowledgements slowed and everything queued. The price is latency when
+# nothing else waits; bench/README.md ("The linger stays at 20 ms") has the measurements.
 LINGER_MS = 20
 POLL_SECONDS = 0.05  # the poll thread's wait; it wakes at once when an acknowledgement arrives
 PROBE_CACHE_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 3.0
 RECONNECT_EVERY_SECONDS = 2.0
-MIN_INSYNC_REPLICAS = 2  # docs/architecture.md: min.insync.replicas=2 on both topics
 _INLINE_SENDS = 64  # larger batches are handed to Kafka from a worker thread
 
 
@@ -209,8 +207,8 @@ class _Client:
 
 class Probe:
     """Can Kafka take a write now? Every partition of the topics has a leader and at least
-    ``MIN_INSYNC_REPLICAS`` in-sync replicas, from a metadata request of the producer itself.
-    Blocking; run it on a thread."""
+    ``MIN_INSYNC_REPLICAS`` in-sync replicas (``tillflow.kafka_admin.assess``), from a
+    metadata request of the producer itself. Blocking; run it on a thread."""
 
     def __init__(self, topics: Sequence[str], timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
         self._topics = list(topics)
@@ -224,18 +222,7 @@ class Probe:
         except (KafkaException, RuntimeError) as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else exc
             return f"Kafka is unreachable ({error.name() if isinstance(error, KafkaError) else type(exc).__name__})"
-        for name in self._topics:
-            topic = cluster.topics.get(name)
-            if topic is None:
-                return f"topic {name} does not exist"
-            if topic.error is not None or not topic.partitions:
-                return f"topic {name} is not available ({_why(topic.error) if topic.error else 'no partitions'})"
-            for part in topic.partitions.values():
-                need = max(1, min(MIN_INSYNC_REPLICAS, len(part.replicas)))
-                if part.leader < 0 or len(part.isrs) < need:
-                    return (f"{name}[{part.id}] has {len(part.isrs)} in-sync replicas, fewer than the {need}"
-                            " a write needs" if part.leader >= 0 else f"{name}[{part.id}] has no leader")
-        return None
+        return assess(cluster, self._topics).write_problem
 
 
 class AsyncPublisher:

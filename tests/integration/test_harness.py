@@ -47,9 +47,21 @@ def _consume_keys(bootstrap: str, topic: str, expected: int, timeout: float = 12
     return keys
 
 
-def test_topic_is_replicated_three_times_with_min_isr_two(running_kafka):
+def test_create_topics_makes_them_replicated_three_times_with_min_isr_two(running_kafka):
+    """`tillflow create-topics`, checked with kafka-python (the independent client): idempotent,
+    3 partitions replicated on all three brokers, min ISR 2, no unclean election, 14 days."""
+    import os
+    import subprocess
+
+    from support.pipeline import TILLFLOW
+
     name = f"replicated-{uuid.uuid4().hex[:8]}"
-    create_topic(running_kafka.bootstrap_servers, name, partitions=3)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": running_kafka.bootstrap_servers, "TILLFLOW_ENV": "test",
+           "KAFKA_TOPIC_TRANSACTIONS": name, "KAFKA_TOPIC_REJECTS": f"{name}-rejects"}
+    for outcome in ("created", "exists"):
+        done = subprocess.run([TILLFLOW, "create-topics"], env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [f"{name}: {outcome}", f"{name}-rejects: {outcome}"]
     admin = KafkaAdminClient(bootstrap_servers=running_kafka.bootstrap_servers)
     try:
         # A new topic's metadata reaches every broker shortly after the create returns.
@@ -69,6 +81,7 @@ def test_topic_is_replicated_three_times_with_min_isr_two(running_kafka):
         values = {key: entry["value"] for key, entry in configs["topic"][name].items()}
         assert values["min.insync.replicas"] == "2"
         assert values["unclean.leader.election.enable"] == "false"
+        assert values["retention.ms"] == str(14 * 24 * 3600 * 1000)
     finally:
         admin.close()
 

@@ -292,13 +292,7 @@ class DockerKafkaCluster:
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
+    """A topic as `tillflow create-topics` makes it (etl.topics: one source for its settings)."""
+    from etl.topics import create_topics
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics(
-            [NewTopic(name, partitions, 3, topic_configs={
-                "min.insync.replicas": "2", "unclean.leader.election.enable": "false"})]
-        )
-    finally:
-        admin.close()
+    create_topics(bootstrap.split(","), [name], partitions=partitions)
