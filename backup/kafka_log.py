@@ -1,7 +1,7 @@
 """What a backup and a restore ask of Kafka: where each partition's log starts
 and ends, how long the topics keep records, and where the writer's consumer
-group reads from. Through confluent-kafka's AdminClient, the client every
-production process uses.
+group reads from, through confluent-kafka's AdminClient
+(``tillflow.kafka_admin.admin_client``), the client every production process uses.
 
 Errors::
 
@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterable, Mapping
 
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec
+from confluent_kafka.admin import ConfigResource, OffsetSpec
 
 from tillflow.errors import PublishError
+from tillflow.kafka_admin import admin_client
 
 Key = tuple[str, int]
 _TIMEOUT = 15.0
@@ -26,10 +27,10 @@ class KafkaLog:
     """An admin connection to the cluster at ``servers``; a context manager."""
 
     def __init__(self, servers: Iterable[str], *, timeout: float = _TIMEOUT) -> None:
+        servers = list(servers)
         self.servers = ",".join(servers)
         self.timeout = timeout
-        self._admin = AdminClient({"bootstrap.servers": self.servers, "client.id": "tillflow-backup",
-                                   "socket.timeout.ms": int(timeout * 1000)})
+        self._admin = admin_client(servers, client_id="tillflow-backup", timeout=timeout)
 
     def __enter__(self) -> KafkaLog:
         return self
