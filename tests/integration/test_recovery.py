@@ -269,8 +269,8 @@ def test_a_restore_refuses_when_kafka_deleted_records_the_backup_lacks(env, migr
 
 def test_the_backup_service_warns_of_short_retention_and_exports_what_kafka_lost_after_the_backup(
         env, migrated_db, running_kafka, topics, tmp_path):
-    """A weekly BACKUP_SCHEDULE against the brokers' default 7-day retention: a warning at
-    start-up and from `backup verify`. Records Kafka deleted before anything stored them are
+    """A monthly BACKUP_SCHEDULE against the topics' 14-day retention: a warning at start-up and
+    from `backup verify`. Records Kafka deleted before anything stored them are
     counted in tillflow_backup_replay_missing_records against the newest backup's positions."""
     import os
     import subprocess
@@ -294,7 +294,7 @@ def test_the_backup_service_warns_of_short_retention_and_exports_what_kafka_lost
         admin.close()
     port = free_port()
     service = {**env, "DATABASE_URL": migrated_db.url("backup"), "BACKUP_DIR": str(tmp_path / "backups"),
-               "METRICS_PORT": str(port), "BACKUP_SCHEDULE": "0 1 * * 1"}
+               "METRICS_PORT": str(port), "BACKUP_SCHEDULE": "0 1 1 * *"}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "BACKUP_", "PG", "METRICS_"))}
     proc = subprocess.Popen([TILLFLOW, "backup", "schedule"], env={**base, **service},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -311,12 +311,12 @@ def test_the_backup_service_warns_of_short_retention_and_exports_what_kafka_lost
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert f"topic {topics.transactions} keeps records for 7 days, less than twice the longest gap between two " \
-           "backups (7 days, BACKUP_SCHEDULE='0 1 * * 1')" in err, err
+    assert f"topic {topics.transactions} keeps records for 14 days, less than twice the longest gap between two " \
+           "backups (31 days, BACKUP_SCHEDULE='0 1 1 * *')" in err, err
     assert f"Kafka no longer holds {len(unread)} records written after the newest backup's positions" in err, err
 
     verified = tillflow({**service, "METRICS_PORT": "0"}, "backup", "verify")
-    assert f"warning: topic {topics.rejects} keeps records for 7 days" in verified.stderr, verified.stderr
+    assert f"warning: topic {topics.rejects} keeps records for 14 days" in verified.stderr, verified.stderr
 
 
 def _quietly(read, *args):
