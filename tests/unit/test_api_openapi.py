@@ -135,3 +135,22 @@ def test_an_unexpected_failure_on_the_fast_path_is_a_500_in_the_one_shape_and_lo
                                        "message": "the server failed to answer this request; it has been logged"}}
     assert "secret" not in answer.text
     assert any("unexpected error on POST /v1/transactions" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_a_middleware_the_fast_path_would_skip_is_refused_when_the_app_starts():
+    """POST /v1/transactions is answered before any middleware: one added later must not
+    silently miss the busiest route."""
+    app = create_app(SETTINGS)
+    app.build_middleware_stack()  # the app as made: its one middleware is covered
+
+    class Audit:
+        def __init__(self, app) -> None:
+            self.app = app
+
+        async def __call__(self, scope, receive, send) -> None:
+            await self.app(scope, receive, send)
+
+    app = create_app(SETTINGS)
+    app.add_middleware(Audit)
+    with pytest.raises(RuntimeError, match="middleware Audit would never see POST /v1/transactions"):
+        app.build_middleware_stack()
