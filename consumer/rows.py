@@ -27,7 +27,7 @@ import re
 from typing import NamedTuple
 
 from tillflow.messages import TransactionMessage
-from tillflow.record import accept_canonical
+from tillflow.record import AMOUNT_MAX_CHARS, MAX_AMOUNT, QUANTITY_MAX_DIGITS, accept_canonical
 
 NULL = b"\\N"  # COPY text for NULL
 # COPY text format: backslash, tab, newline and carriage return are escaped.
@@ -62,14 +62,22 @@ COLUMNS = TransactionRow._fields  # the sink's COPY column list starts with thes
 # origin) is any JSON string content; what it reads as, and whether the
 # record's rules take it, is worked out once per distinct value.
 _JSON_TEXT = rb'([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)'
-_AMOUNT = rb'((?:0|[1-9][0-9]{0,9})\.[0-9]{2})'  # canonical: no leading zero, cents
+# The bounds come from the record module's constants, so that the fast path never takes
+# what the rules refuse. An amount has at most as many digits as MAX_AMOUNT; one with
+# exactly as many is compared with it as text (same length, so in numeric order) unless
+# MAX_AMOUNT is all nines. A quantity with fewer digits than MAX_QUANTITY is within it;
+# a longer one goes the reference way.
+_AMOUNT_MAX = f"{MAX_AMOUNT:.2f}".encode("ascii")
+_AMOUNT_CAPPED = _AMOUNT_MAX.strip(b"9") != b"."
+_AMOUNT = rb'((?:0|[1-9][0-9]{0,%d})\.[0-9]{2})' % (AMOUNT_MAX_CHARS - 4)  # canonical: no leading zero, cents
+_QUANTITY = rb'([1-9][0-9]{0,%d})' % (QUANTITY_MAX_DIGITS - 2)
 _LAYOUT = re.compile(
     rb'\{"schema_version":1,"kind":"transaction",'
     rb'"id":"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})",'
     rb'"transaction_date":"([0-9]{4}-[0-9]{2}-[0-9]{2})",'
     rb'"category":"(SELL|BUY)",'
     rb'"name":"' + _JSON_TEXT + rb'",'
-    rb'"quantity":([1-9][0-9]{0,8}),'  # 1 to 999,999,999: within MAX_QUANTITY
+    rb'"quantity":' + _QUANTITY + rb','
     rb'"amount_excl_tax":"' + _AMOUNT + rb'",'
     rb'"amount_inc_tax":"' + _AMOUNT + rb'",'
     rb'"store_id":"' + _JSON_TEXT + rb'",'
@@ -148,6 +156,9 @@ def fast_row(value: bytes) -> TransactionRow | None:
         return None
     id_, day, category, name, quantity, excl, inc, store, source, ref, line = m.groups()
     if excl == _ZERO or inc == _ZERO:
+        return None
+    if _AMOUNT_CAPPED and ((len(excl) == len(_AMOUNT_MAX) and excl > _AMOUNT_MAX)
+                           or (len(inc) == len(_AMOUNT_MAX) and inc > _AMOUNT_MAX)):
         return None
     day = _dates.get(day) or _judge_date(day)
     name = _names.get(name) or _judge_name(name)

@@ -55,6 +55,11 @@ MAX_NAME_CHARS = 200
 MAX_STORE_CHARS = 64
 MAX_QUANTITY = 2**31 - 1
 MAX_AMOUNT = Decimal("9999999999.99")
+# The bounds above as the fast checks use them (accept_canonical here, consumer.rows on the
+# consumer's fast path): derived, never restated, so that lowering a constant moves every path.
+MAX_AMOUNT_CENTS = int(MAX_AMOUNT * 100)
+AMOUNT_MAX_CHARS = len(f"{MAX_AMOUNT:.2f}")  # the longest canonical amount, '9999999999.99'
+QUANTITY_MAX_DIGITS = len(str(MAX_QUANTITY))
 RAW_MAX_CHARS = 1000  # per value kept in Rejected.raw, so a 200 KiB field cannot flood Kafka
 DEFAULT_TAX_RATE = Decimal("0.20")  # docs/architecture.md's; processes pass Settings.tax_rate (TAX_RATE)
 
@@ -286,7 +291,7 @@ def accept_canonical(
         return None
 
     q = quantity
-    if type(q) is str and len(q) <= 9 and q.isdigit() and q.isascii():
+    if type(q) is str and len(q) <= QUANTITY_MAX_DIGITS and q.isdigit() and q.isascii():
         q = int(q)
     if type(q) is not int or q < 1 or q > MAX_QUANTITY:
         return None
@@ -297,7 +302,7 @@ def accept_canonical(
     i = amount_inc_tax
     if (
         type(e) is not str or type(i) is not str
-        or not 3 < len(e) < 14 or not 3 < len(i) < 14
+        or not 3 < len(e) <= AMOUNT_MAX_CHARS or not 3 < len(i) <= AMOUNT_MAX_CHARS
         or e[-3] != "." or i[-3] != "."
     ):
         return None
@@ -307,7 +312,7 @@ def accept_canonical(
         return None
     e_cents = int(e_digits)
     i_cents = int(i_digits)
-    if not e_cents or not i_cents:
+    if not e_cents or not i_cents or e_cents > MAX_AMOUNT_CENTS or i_cents > MAX_AMOUNT_CENTS:
         return None
     if tax_rate is not None:
         rate, numerator2, denominator2 = _factor
@@ -511,7 +516,7 @@ def _check_quantity(value, reasons) -> int | None:
         if not (digits.isdigit() and digits.isascii()):
             reasons.append(_nul_or("quantity", s, "not_integer", f"quantity {_show(s)} is not a whole number"))
             return None
-        if len(digits.lstrip("0")) > 10:
+        if len(digits.lstrip("0")) > QUANTITY_MAX_DIGITS:
             reasons.append(Reason("quantity", "out_of_range", f"quantity {_show(s)} is larger than {MAX_QUANTITY}"))
             return None
         q = int(s)

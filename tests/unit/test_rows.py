@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -189,3 +191,65 @@ def test_row_of_writes_what_the_old_sink_wrote():
     row = row_of(msg)
     assert row.name == b"Tab\\there" and row.source_ref == b"a\\tb.csv" and row.source_line == b"3"
     assert row.amount_excl_tax == b"12.30" and row.id == str(record.id).encode() and row.quantity == b"3"
+
+
+_VERDICTS = """
+import dataclasses, json, sys
+from decimal import Decimal
+from consumer.rows import fast_row, row_of
+from tillflow.messages import MessageError, TransactionMessage, decode, encode_transaction
+from tillflow.record import Origin, Transaction, validate
+
+constant, values = sys.argv[1], json.loads(sys.argv[2])
+base = validate({"id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301", "transaction_date": "2024-01-05",
+                 "category": "SELL", "name": "Milk", "quantity": "3", "amount_excl_tax": "12.30",
+                 "amount_inc_tax": "14.76", "store_id": "main"}, origin=Origin("csv", "f.csv", 1))
+out = []
+for value in values:
+    if constant == "MAX_AMOUNT":
+        fields = {"amount_excl_tax": Decimal(value), "amount_inc_tax": Decimal(value)}
+    else:
+        fields = {"quantity": value}
+    message = encode_transaction(dataclasses.replace(base, **fields), Origin("csv", "f.csv", 1))
+    try:
+        decoded = decode(message)
+        reference = type(decoded) is TransactionMessage and row_of(decoded) or None
+    except MessageError:
+        reference = None
+    fast = fast_row(message)
+    out.append([reference is not None, fast is not None, fast is None or fast == reference])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("constant, bound, values", [
+    ("MAX_AMOUNT", 'Decimal("500.00")', ["499.99", "500.00", "500.01", "999.99", "1000.00"]),
+    ("MAX_AMOUNT", 'Decimal("99999.99")', ["99999.99", "100000.00", "9999999999.99"]),
+    ("MAX_QUANTITY", "1000", [999, 1000, 1001, 99999]),
+    ("MAX_QUANTITY", "99", [9, 99, 100]),
+])
+def test_changing_a_bound_of_the_record_moves_both_paths_alike(tmp_path, constant, bound, values):
+    """The fast paths' bounds (tillflow.record.accept_canonical, consumer.rows) are derived from
+    the record module's constants. With the constant edited in a copy of the source, the reference
+    path refuses what is over it, and the consumer's fast path never takes what it refuses.
+    The tax rule is left out (tax_rate None on the consumer side), so the amounts test the bound alone."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for package in ("tillflow", "consumer"):
+        shutil.copytree(repo / package, tmp_path / package)
+    record = tmp_path / "tillflow" / "record.py"
+    text, count = re.subn(rf"^{constant} = .*$", f"{constant} = {bound}", record.read_text(), flags=re.M)
+    assert count == 1
+    record.write_text(text)
+    done = subprocess.run([sys.executable, "-c", _VERDICTS, constant, json.dumps(values)], cwd=tmp_path,
+                          env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    limit = eval(bound, {"Decimal": Decimal})
+    for value, (reference, fast, same) in zip(values, json.loads(done.stdout)):
+        within = (Decimal(value) if constant == "MAX_AMOUNT" else value) <= limit
+        assert reference == within, f"the rules on {value} with {constant} = {bound}"
+        assert same and (fast <= reference), f"the fast path on {value} with {constant} = {bound}"
