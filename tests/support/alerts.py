@@ -58,7 +58,6 @@ class WebhookReceiver:
         with self.lock:
             return list(self.received)
 
-
 @dataclass
 class Mail:
     sender: str
@@ -131,7 +130,6 @@ class SmtpSink:
     def received(self) -> list[Mail]:
         with self.lock:
             return list(self.mails)
-
 
 def alertmanager_binary() -> str:
     found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
