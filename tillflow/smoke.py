@@ -225,10 +225,10 @@ def readiness_checks(settings: Settings) -> list[tuple[str, Callable[[], str]]]:
         ("kafka", lambda: check_kafka(settings)),
         ("api", lambda: check_api(settings)),
     ]
-    if settings.alertmanager_url:
-        checks.append(("alertmanager", lambda: check_alertmanager(settings)))
     for name, url in settings.smoke_metrics_urls:
         checks.append((name, lambda url=url: check_metrics(url)))
+    if settings.alertmanager_url:
+        checks.append(("alertmanager", lambda: check_alertmanager(settings)))
     checks.append(("backup", lambda: check_backup(settings)))
     return checks
 
