@@ -250,6 +250,7 @@ def consumer_down(notification: dict, since: str) -> list[dict]:
             and a["labels"].get("job") == "consumer" and a["startsAt"] >= since]
 
 
+@pytest.mark.timeout(TARGET_DOWN_FOR + GROUP_INTERVAL + 900)  # the two waits, and the stack's start when run alone
 def test_a_stopped_consumer_reaches_the_webhook_once_firing_and_once_resolved(stack: ComposeStack):
     """The production timing (TargetDown's 3 minutes, group_wait 30 s, group_interval 5 min): the
     firing notification within `for` + 2 minutes, the resolved one within group_interval + 2 minutes."""
