@@ -46,13 +46,16 @@ LABEL org.opencontainers.image.title="tillflow" \
 # which an exact version pin would turn into a failed build once superseded.
 # /data/* belong to the service user so that a new named volume mounted on one
 # of them starts with that ownership (Docker copies it into the empty volume).
+# /data/alertmanager is readable by all: Alertmanager (user nobody) reads the
+# configuration alertmanager-config renders there.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends postgresql-client-15 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 tillflow \
  && useradd --system --uid 10001 --gid tillflow --home-dir /nonexistent \
         --no-create-home --shell /usr/sbin/nologin tillflow \
- && install -d -o tillflow -g tillflow -m 0750 /data /data/inbox /data/archive /data/failed /data/spool /data/backups
+ && install -d -o tillflow -g tillflow -m 0750 /data /data/inbox /data/archive /data/failed /data/spool /data/backups \
+ && install -d -o tillflow -g tillflow -m 0755 /data/alertmanager
 
 # The 15 binaries first on PATH: Debian's /usr/bin/pg_dump is a Perl wrapper
 # that picks a cluster version; the backup wants exactly the 15 tools.

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from tillflow.errors import TillflowError
 
@@ -158,6 +159,13 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return cli_smoke(Settings.from_env(need_database=True, need_kafka=True))
 
 
+def _cmd_alertmanager_config(args: argparse.Namespace) -> int:
+    from tillflow.alerting import cli_alertmanager_config
+    from tillflow.config import Settings
+
+    return cli_alertmanager_config(Settings.from_env(), args.output)
+
+
 def _cmd_backup(args: argparse.Namespace) -> int:
     from backup import cli
     from tillflow.config import Settings
@@ -281,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("smoke", _cmd_smoke, "check a running stack end to end: every service ready, a backup, and a canary "
                              "transaction through the API into PostgreSQL")
+
+    p = add("alertmanager-config", _cmd_alertmanager_config,
+            "render Alertmanager's configuration from the ALERT_* settings (warns when no receiver is set)")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write it here, replaced atomically (default: stdout)")
     return parser
 
 

@@ -148,6 +148,40 @@ def _named_urls(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...
     return tuple(pairs)
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("true", "yes", "1", "on"):
+        return True
+    if raw in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is neither true nor false")
+
+
+def _host_port(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}={raw!r} is not host:port, such as smtp.example.com:587")
+    return raw
+
+
+def _addresses(env: Mapping[str, str], name: str, single: bool = False) -> str | None:
+    """Comma-separated e-mail addresses, as Alertmanager's ``to`` takes them."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if single and "," in raw:
+        raise ConfigError(f"{name}={raw!r}: give one address")
+    for address in (part.strip() for part in raw.split(",")):
+        if "@" not in address or any(c.isspace() for c in address):
+            raise ConfigError(f"{name}: {address!r} is not an e-mail address")
+    return ", ".join(part.strip() for part in raw.split(","))
+
+
 def _tax_rate(env: Mapping[str, str]) -> Decimal:
     raw = env.get("TAX_RATE", "").strip()
     if not raw:
@@ -210,6 +244,15 @@ class Settings:
     smoke_store_id: str = "smoke"
     smoke_timeout: float = 120.0
     smoke_metrics_urls: tuple[tuple[str, str], ...] = ()
+    alertmanager_url: str | None = None
+    # tillflow alertmanager-config (tillflow/alerting.py): where Alertmanager sends alerts
+    alert_webhook_url: str | None = None
+    alert_email_to: str | None = None
+    alert_email_from: str | None = None
+    alert_smtp_smarthost: str | None = None
+    alert_smtp_username: str | None = None
+    alert_smtp_password: str | None = None
+    alert_smtp_require_tls: bool = True
 
     @classmethod
     def from_env(
@@ -289,4 +332,12 @@ class Settings:
             smoke_store_id=env.get("SMOKE_STORE_ID", "").strip() or "smoke",
             smoke_timeout=_float(env, "SMOKE_TIMEOUT_SECONDS", 120.0, minimum=1.0),
             smoke_metrics_urls=_named_urls(env, "SMOKE_METRICS_URLS"),
+            alertmanager_url=_http_url(env, "ALERTMANAGER_URL"),
+            alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL") and env["ALERT_WEBHOOK_URL"].strip(),
+            alert_email_to=_addresses(env, "ALERT_EMAIL_TO"),
+            alert_email_from=_addresses(env, "ALERT_EMAIL_FROM", single=True),
+            alert_smtp_smarthost=_host_port(env, "ALERT_SMTP_SMARTHOST"),
+            alert_smtp_username=env.get("ALERT_SMTP_USERNAME", "").strip() or None,
+            alert_smtp_password=_secret(env, "ALERT_SMTP_PASSWORD"),
+            alert_smtp_require_tls=_bool(env, "ALERT_SMTP_REQUIRE_TLS", True),
         )

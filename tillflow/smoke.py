@@ -11,6 +11,8 @@ fails:
 ``api``       TILLFLOW_API_URL/readyz answers 200 (Kafka can take writes)
 ``<name>``    each ``name=url`` of SMOKE_METRICS_URLS answers, at every
               address its host resolves to (each consumer replica)
+``alertmanager``  ALERTMANAGER_URL/-/ready answers 200 (when set); the line says
+              when no receiver is configured, so alerts reach nobody
 ``backup``    a backup exists: the ``backup`` metrics endpoint reports a
               last success, or, without one, BACKUP_DIR holds a backup
 ``canary``    a transaction posted to the API is in ``sales.transactions``
@@ -49,6 +51,9 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TextIO
 
+import yaml
+
+from tillflow.alerting import NULL_RECEIVER
 from tillflow.config import Settings
 from tillflow.errors import ConfigError, TillflowError, first_line
 
@@ -165,6 +170,18 @@ def check_api(settings: Settings) -> str:
     return f"ready ({_text(body, 80)})"
 
 
+def check_alertmanager(settings: Settings) -> str:
+    _get(f"{settings.alertmanager_url}/-/ready")
+    try:
+        status = json.loads(_get(f"{settings.alertmanager_url}/api/v2/status"))
+        route = yaml.safe_load(status["config"]["original"])["route"]
+    except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise SmokeFailure(f"ready, but its status does not show its configuration ({exc})") from exc
+    if route.get("receiver") == NULL_RECEIVER:
+        return "ready; no receiver configured: alerts reach nobody (set ALERT_WEBHOOK_URL or ALERT_EMAIL_* in .env)"
+    return f"ready, alerts go to {route.get('receiver')}"
+
+
 def check_metrics(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     found = addresses(parts.hostname or "", parts.port or 80)
@@ -210,6 +227,8 @@ def readiness_checks(settings: Settings) -> list[tuple[str, Callable[[], str]]]:
     ]
     for name, url in settings.smoke_metrics_urls:
         checks.append((name, lambda url=url: check_metrics(url)))
+    if settings.alertmanager_url:
+        checks.append(("alertmanager", lambda: check_alertmanager(settings)))
     checks.append(("backup", lambda: check_backup(settings)))
     return checks
 

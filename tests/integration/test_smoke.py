@@ -1,6 +1,6 @@
 """``tillflow smoke`` against a real running stack: PostgreSQL, three Kafka
 brokers, ``tillflow serve``, a ``tillflow consume`` with its metrics endpoint,
-and a backup taken by ``tillflow backup run``.
+a backup taken by ``tillflow backup run``, and Debian's Alertmanager.
 
 The invariants: a whole stack passes and its canary is in sales.transactions,
 exactly once, in the smoke store, with the run's token revoked afterwards; a
@@ -14,6 +14,7 @@ import subprocess
 import uuid
 
 import pytest
+from support.alerts import Alertmanager
 from support.api import TILLFLOW, ApiServer, query, tillflow
 
 from devstack.proc import free_port
@@ -21,7 +22,11 @@ from devstack.proc import free_port
 
 @pytest.fixture
 def stack(env, migrated_db, tmp_path):
-    """The API, a consumer with metrics, and one backup; yields the smoke check's environment."""
+    """The API, a consumer with metrics, one backup, and Alertmanager with the configuration
+    `tillflow alertmanager-config` renders without a receiver; yields the smoke check's environment."""
+    config = tmp_path / "alertmanager.yml"
+    tillflow({}, "alertmanager-config", "--output", str(config))
+    alertmanager = Alertmanager(config, tmp_path / "alertmanager").start()
     api = ApiServer(env, tmp_path / "api.log").start()
     metrics_port = free_port()
     with open(tmp_path / "consumer.log", "ab") as log:
@@ -38,11 +43,13 @@ def stack(env, migrated_db, tmp_path):
             "SMOKE_METRICS_URLS": f"consumer=http://localhost:{metrics_port}/metrics",
             "BACKUP_DIR": str(backups),
             "SMOKE_TIMEOUT_SECONDS": "90",
+            "ALERTMANAGER_URL": alertmanager.url,
         }
     finally:
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(timeout=60)
         api.stop()
+        alertmanager.stop()
 
 
 def canaries(db) -> list[tuple]:
@@ -54,9 +61,11 @@ def test_a_whole_stack_passes_and_its_canary_reaches_postgresql(stack, migrated_
     done = tillflow(stack, "smoke", check=False)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    for check in ("postgres", "kafka", "api", "consumer", "backup", "canary"):
+    for check in ("postgres", "kafka", "api", "alertmanager", "consumer", "backup", "canary"):
         assert any(line.startswith("ok") and f" {check} " in f"{line} " for line in done.stdout.splitlines()), (
             f"{check} did not pass:\n{done.stdout}")
+    [alerts] = [line for line in done.stdout.splitlines() if " alertmanager " in line]
+    assert "no receiver configured: alerts reach nobody" in alerts, "the admin is told that alerts go nowhere"
     [(canary_id, store, category, _)] = canaries(migrated_db)
     assert (store, category) == ("smoke", "BUY")
     assert canary_id in done.stdout
@@ -67,7 +76,8 @@ def test_a_whole_stack_passes_and_its_canary_reaches_postgresql(stack, migrated_
 def test_a_broken_part_fails_the_run_and_is_named(stack, migrated_db, tmp_path):
     stack = {**stack,
              "SMOKE_METRICS_URLS": stack["SMOKE_METRICS_URLS"] + f",watcher=http://127.0.0.1:{free_port()}/metrics",
-             "BACKUP_DIR": str(tmp_path / "no-backups"), "SMOKE_TIMEOUT_SECONDS": "3"}
+             "BACKUP_DIR": str(tmp_path / "no-backups"), "SMOKE_TIMEOUT_SECONDS": "3",
+             "ALERTMANAGER_URL": f"http://127.0.0.1:{free_port()}"}
 
     done = tillflow(stack, "smoke", check=False)
 
@@ -75,6 +85,7 @@ def test_a_broken_part_fails_the_run_and_is_named(stack, migrated_db, tmp_path):
     [summary] = done.stderr.strip().splitlines()[-1:]
     assert summary.startswith("tillflow smoke: failed: watcher: ")
     assert "backup: no backup in BACKUP_DIR" in summary
+    assert "alertmanager: http://127.0.0.1:" in summary and "/-/ready does not answer" in summary
     assert "consumer" not in summary and "canary" not in summary, "the parts that work still pass"
     assert len(canaries(migrated_db)) == 1
 

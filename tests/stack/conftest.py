@@ -36,6 +36,12 @@ def _foreign_volumes() -> list[str]:
     return foreign
 
 
+def docker_host_address() -> str:
+    done = subprocess.run(["docker", "network", "inspect", "bridge", "--format",
+                           "{{(index .IPAM.Config 0).Gateway}}"], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, watchdog_dir) -> ComposeStack:
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
@@ -52,6 +58,10 @@ def stack(tmp_path_factory, watchdog_dir) -> ComposeStack:
         "GRAFANA_PORT": str(free_port()),
         "WATCH_INTERVAL_SECONDS": "1",
         "WATCH_SETTLE_SECONDS": "1",
+        # Alertmanager posts to a receiver the alert test runs on this host, at the
+        # address the host has on Docker's default bridge (reachable from the
+        # containers of any bridge network that may leave the host: "frontend").
+        "ALERT_WEBHOOK_URL": f"http://{docker_host_address()}:{free_port()}/alerts",
     })
     stack.prepare()
     stack.down()  # what an interrupted earlier run left

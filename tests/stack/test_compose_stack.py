@@ -32,7 +32,7 @@ from support.api import transaction as api_transaction
 from support.compose import ROOT, ComposeStack
 
 LONG_RUNNING = ("kafka-1", "kafka-2", "kafka-3", "postgres", "consumer", "watcher", "api", "prometheus",
-                "postgres-exporter", "backup")
+                "postgres-exporter", "backup", "alertmanager")
 BACK_WITHIN = 240  # seconds for a killed service to be healthy again by restart: always
 DAY = datetime.date(2026, 3, 9)
 
@@ -241,7 +241,8 @@ def test_every_prometheus_target_is_up(stack: ComposeStack):
     def all_up():
         targets = prometheus_targets(stack)
         jobs = {t["labels"]["job"] for t in targets}
-        return targets if jobs >= {"consumer", "watcher", "api", "backup", "postgres", "prometheus"} and all(
+        return targets if jobs >= {"consumer", "watcher", "api", "backup", "postgres", "prometheus",
+                                   "alertmanager"} and all(
             t["health"] == "up" for t in targets) else None
 
     wait_until("every Prometheus target up", all_up, 120)
@@ -260,6 +261,72 @@ def test_a_replaced_consumer_leaves_no_stale_target(stack: ComposeStack):
                          "http://127.0.0.1:9090/api/v1/query?query=count(%7Bjob%3D%22consumer%22%2C"
                          "__name__%3D~%22tillflow_watch_.%2A%7Ctillflow_backup_.%2A%22%7D)").stdout
     assert json.loads(foreign)["data"]["result"] == [], "the consumer job scraped another service's metrics"
+
+
+# ---------------------------------------------------------------- alerts reach a person
+TARGET_DOWN_FOR = 180  # prometheus/alerts.yml: TargetDown's `for`
+GROUP_INTERVAL = 300  # tillflow.alerting.PRODUCTION.group_interval
+
+
+def alertmanager_alerts(stack: ComposeStack) -> list[dict]:
+    done = stack.exec("alertmanager", "wget", "-q", "-O", "-", "http://127.0.0.1:9093/api/v2/alerts")
+    return json.loads(done.stdout)
+
+
+def consumer_down(notification: dict, since: str) -> list[dict]:
+    """The alerts of a notification that say the consumer is down, begun at or after ``since`` (RFC 3339)."""
+    return [a for a in notification["alerts"] if a["labels"].get("alertname") == "TargetDown"
+            and a["labels"].get("job") == "consumer" and a["startsAt"] >= since]
+
+
+@pytest.mark.timeout(TARGET_DOWN_FOR + GROUP_INTERVAL + 900)  # the two waits, and the stack's start when run alone
+def test_a_stopped_consumer_reaches_the_webhook_once_firing_and_once_resolved(stack: ComposeStack):
+    """The production timing (TargetDown's 3 minutes, group_wait 30 s, group_interval 5 min): the
+    firing notification within `for` + 2 minutes, the resolved one within group_interval + 2 minutes."""
+    from urllib.parse import urlsplit
+
+    from support.alerts import WebhookReceiver
+
+    port = urlsplit(stack.settings["ALERT_WEBHOOK_URL"]).port
+    wait_until("no TargetDown left from earlier tests",
+               lambda: not [a for a in alertmanager_alerts(stack) if a["labels"]["alertname"] == "TargetDown"]
+               or None, 600, every=5)
+    with WebhookReceiver("0.0.0.0", port) as receiver:
+        since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        stopped = time.monotonic()
+        stack.compose("stop", "consumer", timeout=120)
+        try:
+            def firing():
+                return [(at, n) for at, n in receiver.notifications()
+                        if n["status"] == "firing" and consumer_down(n, since)]
+
+            [(fired_at, notification)] = wait_until("a firing TargetDown notification", firing,
+                                                    TARGET_DOWN_FOR + 120, every=2)
+            print(f"\nTargetDown (consumer) reached the webhook {fired_at - stopped:.0f} s after the stop")
+            (alert,) = consumer_down(notification, since)
+            # "consumer is down" once no consumer target is left; while a stopped container's address
+            # is still a target, with that address: "consumer (172.19.0.12:9101) is down".
+            assert re.fullmatch(r"consumer( \(\S+\))? is down", alert["annotations"]["summary"]), alert
+            assert "docs/runbook.md#targetdown" in alert["annotations"]["runbook"]
+            assert alert["annotations"]["description"]
+            assert notification["groupLabels"] == {"alertname": "TargetDown", "severity": "critical"}
+        finally:
+            stack.compose("start", "consumer", timeout=120)
+        started = time.monotonic()
+        stack.wait_healthy(["consumer"], BACK_WITHIN)
+
+        def resolved():
+            return [(at, n) for at, n in receiver.notifications()
+                    if n["status"] == "resolved" and consumer_down(n, since)]
+
+        [(resolved_at, notification)] = wait_until("a resolved TargetDown notification", resolved,
+                                                   GROUP_INTERVAL + 120, every=2)
+        print(f"resolved notification {resolved_at - started:.0f} s after the consumer was started again")
+        (alert,) = consumer_down(notification, since)
+        assert alert["status"] == "resolved" and alert["endsAt"] > alert["startsAt"]
+        assert "docs/runbook.md#targetdown" in alert["annotations"]["runbook"]
+        time.sleep(10)  # nothing more arrives for this outage: exactly one of each
+        assert len(firing()) == 1 and len(resolved()) == 1, receiver.notifications()
 
 
 # ---------------------------------------------------------------- deploy/redeploy

@@ -19,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "tillflow-e2e"
+# Services that run once per `up` and must have exited 0.
+ONE_SHOTS = ("migrate", "kafka-init", "alertmanager-config")
 
 
 class ComposeError(AssertionError):
@@ -156,7 +158,7 @@ class ComposeStack:
                 continue
             for c in found:
                 state, health = c.get("State"), c.get("Health") or ""
-                if name in ("migrate", "kafka-init"):
+                if name in ONE_SHOTS:
                     if state != "exited" or c.get("ExitCode") != 0:
                         wrong[name] = f"{state} (exit {c.get('ExitCode')})"
                 elif state != "running" or health not in ("healthy", ""):

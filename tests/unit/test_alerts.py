@@ -5,6 +5,7 @@
 * every rule parses, and passes its unit tests in prometheus/alerts_test.yml;
 * every alert (name and severity) has a test where it fires and one where it
   stays silent, and carries the annotations the README's runbook relies on;
+* every alert's runbook annotation names its section of docs/runbook.md;
 * every PromQL expression of the Grafana dashboards parses too.
 """
 from __future__ import annotations
@@ -84,6 +85,26 @@ def test_every_alert_says_what_it_means_and_what_to_do():
         annotations = rule["annotations"]
         for key in ("summary", "description", "runbook"):
             assert annotations.get(key, "").strip(), f"{rule['alert']} has no {key}"
+
+
+def runbook_sections() -> set[str]:
+    """The anchors of docs/runbook.md's sections (## Name -> name), as GitHub makes them."""
+    text = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")
+    return {re.sub(r"[^a-z0-9 -]", "", title.strip().lower()).replace(" ", "-")
+            for title in re.findall(r"^## (.+)$", text, re.MULTILINE)}
+
+
+def test_every_alert_has_a_summary_and_a_runbook_that_names_its_section():
+    """Alertmanager carries the annotations to people: the summary says what, the runbook what to do."""
+    sections = runbook_sections()
+    for rule in rules():
+        annotations = rule["annotations"]
+        assert annotations.get("summary", "").strip(), f"{rule['alert']} has no summary"
+        found = re.findall(r"docs/runbook\.md#([a-z0-9-]+)", annotations.get("runbook", ""))
+        assert found == [rule["alert"].lower()], f"{rule['alert']}: the runbook must name docs/runbook.md#" \
+                                                 f"{rule['alert'].lower()}, names {found}"
+        assert found[0] in sections, f"docs/runbook.md has no section {rule['alert']}"
+    assert sections == {rule["alert"].lower() for rule in rules()}, "a runbook section for an alert that is gone"
 
 
 def test_every_alert_is_tested_firing_and_silent():

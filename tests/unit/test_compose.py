@@ -33,6 +33,9 @@ LONG_RUNNING_COMMANDS = frozenset({"consume", "watch", "serve"})
 
 # The only services people open from outside (STYLE.md): the API and Grafana.
 MAY_PUBLISH = frozenset({"api", "grafana"})
+# Services that reach outside the host without being published: Alertmanager
+# sends to the webhook and the mail server.
+MAY_REACH_OUT = frozenset({"alertmanager"})
 # Kafka's image writes its rendered config and logs inside /opt/kafka (see the
 # comment in docker-compose.yml); every other service runs on a read-only root.
 MAY_WRITE_ROOT = re.compile(r"^kafka-\d+$")
@@ -345,6 +348,7 @@ NON_ROOT_IMAGES = {
     "prom/prometheus": "nobody",
     "grafana/grafana": "grafana (uid 472)",
     "prometheuscommunity/postgres-exporter": "nobody",
+    "prom/alertmanager": "nobody",
 }
 
 
@@ -366,7 +370,7 @@ def test_one_internal_network_joins_everything():
     assert len(internal) == 1, f"expected one internal network, found {internal}"
     for name, svc in services().items():
         joined = list(svc.get("networks") or [])
-        allowed = joined if name in MAY_PUBLISH else internal
+        allowed = joined if name in MAY_PUBLISH | MAY_REACH_OUT else internal
         assert internal[0] in joined and joined == allowed, f"{name} is on {joined}, not only on {internal}"
 
 
@@ -375,7 +379,7 @@ def test_stateful_services_keep_data_on_named_volumes():
     backups = [(n, environment(s)["BACKUP_DIR"]) for n, s in tillflow_services().items() if s["command"][0] == "backup"]
     assert backups, "no backup service: its dumps need a named volume too"
     for name, mount_point in [("postgres", "/var/lib/postgresql/data"), ("prometheus", "/prometheus"),
-                              ("grafana", "/var/lib/grafana"), *backups] + [
+                              ("grafana", "/var/lib/grafana"), ("alertmanager", "/alertmanager"), *backups] + [
         (kafka, environment(svc)["KAFKA_LOG_DIRS"]) for kafka, svc in kafka_services().items()
     ]:
         mounts = {parts[1]: parts[0] for parts in (m.split(":") for m in services()[name].get("volumes") or [])}
