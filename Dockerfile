@@ -31,7 +31,6 @@ COPY tillflow ./tillflow
 COPY etl ./etl
 COPY consumer ./consumer
 COPY backup ./backup
-COPY devstack ./devstack
 RUN pip install --no-deps . \
  && pip check
 

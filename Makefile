@@ -136,7 +136,7 @@ bench-partitioning: deps ## sales.transactions partitioned by month vs plain at 
 
 lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
 	rm -rf .venv-lock && python3 -m venv .venv-lock
-	.venv-lock/bin/pip install -q '.[test]'
-	{ echo "# Pinned dependency tree for Tillflow (runtime + tests). Regenerate with: make lock"; \
+	.venv-lock/bin/pip install -q '.[test,bench]'
+	{ echo "# Pinned dependency tree for Tillflow (runtime, test and bench extras). Regenerate with: make lock"; \
 	  .venv-lock/bin/pip freeze --exclude tillflow; } > requirements.lock
 	rm -rf .venv-lock

@@ -50,6 +50,7 @@ class TopicHealth:
 @dataclass(frozen=True)
 class Health:
     brokers: int
+    addresses: frozenset[str] = frozenset()  # host:port of each broker up
     topics: dict[str, TopicHealth] = field(default_factory=dict)
     # None when every partition of every topic can take a write now, else the first reason why not.
     write_problem: str | None = None
@@ -78,7 +79,8 @@ def assess(metadata, topics: Sequence[str]) -> Health:
             elif problem is None and len(part.isrs) < need:
                 problem = f"{name}[{part.id}] has {len(part.isrs)} in-sync replicas, fewer than the {need} a write needs"
         found[name] = TopicHealth(len(topic.partitions), under, offline)
-    return Health(len(metadata.brokers), found, problem)
+    addresses = frozenset(f"{b.host}:{b.port}" for b in metadata.brokers.values())
+    return Health(len(metadata.brokers), addresses, found, problem)
 
 
 def cluster_health(admin: AdminClient, topics: Sequence[str], timeout: float = 10.0) -> Health:

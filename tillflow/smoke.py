@@ -143,26 +143,23 @@ def check_postgres(settings: Settings) -> str:
 
 
 def check_kafka(settings: Settings) -> str:
-    from kafka.admin import KafkaAdminClient
-    from kafka.errors import KafkaError
+    """Every broker up, and every partition of both topics able to take a write
+    (``tillflow.kafka_admin.cluster_health``, the API's and the consumer's check too)."""
+    from tillflow.kafka_admin import admin_client, cluster_health
 
-    admin = None
+    admin = admin_client(settings.kafka_bootstrap_servers, client_id="tillflow-smoke", timeout=5.0)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=list(settings.kafka_bootstrap_servers),
-                                 client_id="tillflow-smoke", request_timeout_ms=5000, bootstrap_timeout_ms=5000)
-        cluster = admin.describe_cluster()
-    except (KafkaError, OSError, ValueError) as exc:
-        raise SmokeFailure(f"the cluster does not answer ({type(exc).__name__}: {exc})") from exc
-    finally:
-        if admin is not None:
-            admin.close()
-    live = {f"{b['host']}:{b['port']}" for b in cluster.get("brokers", ()) if not b.get("is_fenced")}
+        health = cluster_health(admin, [settings.topic_transactions, settings.topic_rejects], timeout=5.0)
+    except TillflowError as exc:
+        raise SmokeFailure(f"the cluster does not answer ({exc})") from exc
     wanted = set(settings.kafka_bootstrap_servers)
-    missing = sorted(wanted - live)
+    missing = sorted(wanted - health.addresses)
     # Another spelling of the same hosts (localhost, 127.0.0.1) is fine when the count is right.
-    if missing and len(live) < len(wanted):
-        raise SmokeFailure(f"{len(live)} of {len(wanted)} brokers registered; missing {', '.join(missing)}")
-    return f"{len(live)} brokers registered"
+    if missing and health.brokers < len(wanted):
+        raise SmokeFailure(f"{health.brokers} of {len(wanted)} brokers up; missing {', '.join(missing)}")
+    if health.write_problem is not None:
+        raise SmokeFailure(f"{health.brokers} brokers up, but {health.write_problem}")
+    return f"{health.brokers} brokers up, both topics take writes"
 
 
 def check_api(settings: Settings) -> str:

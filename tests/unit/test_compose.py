@@ -663,3 +663,39 @@ def test_make_secrets_creates_every_compose_secret_once(tmp_path):
     second = run()
     assert all(f"kept     {target / name}" in second for name in expected)
     assert {p.name: p.read_text(encoding="utf-8") for p in target.iterdir()} == values, "a secret was overwritten"
+
+
+def test_the_image_and_the_wheel_hold_what_production_runs_and_nothing_else():
+    """The packages the wheel installs, the ones the Dockerfile copies and the ones the build
+    context lets in are the same list; no test, bench or native-stack code among them; no
+    production module imports a test-only or bench-only dependency."""
+    import ast
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wheel = {name.rstrip("*") for name in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE))
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+               if line.startswith("!") and line.endswith("/") and "/" not in line[1:-1]}
+    assert wheel == copied == allowed == {"tillflow", "etl", "consumer", "backup"}
+
+    def distribution(requirement: str) -> str:
+        return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    runtime = {distribution(r) for r in project["project"]["dependencies"]}
+    extras = {distribution(r) for group in project["project"]["optional-dependencies"].values() for r in group}
+    assert not runtime & extras, "a dependency is either runtime or an extra"
+    # The import names of the extras that production code must not use.
+    forbidden = {"kafka", "crc32c", "pandas", "sqlalchemy", "pytest", "hypothesis", "testcontainers", "httpx",
+                 "schemathesis", "devstack", "tests", "bench", "support"}
+    assert {"kafka-python", "crc32c", "pandas", "sqlalchemy"} <= extras
+    for package in sorted(wheel):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                         else [])
+                for name in names:
+                    assert name.split(".")[0] not in forbidden, f"{path.relative_to(ROOT)} imports {name}"
+    locked = {distribution(line) for line in (ROOT / "requirements.lock").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert runtime | extras <= locked, "every dependency, extras too, is pinned in requirements.lock"
