@@ -18,8 +18,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from tillflow.errors import ConfigError
-
-DEFAULT_TAX_RATE = Decimal("0.20")
+from tillflow.record import DEFAULT_TAX_RATE
 
 # Values that mean "somebody copied .env.example and forgot to fill it in".
 _PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "admin", "postgres"}
@@ -265,7 +264,7 @@ class Settings:
     ) -> Settings:
         """Build the settings; ``need_*`` make a variable mandatory for this command."""
         env = os.environ if env is None else env
-        environment = env.get("TILLFLOW_ENV", "production").strip() or "production"
+        environment = env.get("TILLFLOW_ENV", "").strip() or cls.environment
         inbox = env.get("INBOX_DIR", "").strip()
         if need_inbox and not inbox:
             raise ConfigError("INBOX_DIR is not set: give the directory the watcher takes CSV files from")
@@ -286,51 +285,51 @@ class Settings:
                         f"TILLFLOW_{role.upper()}_PASSWORD is a placeholder ({secret!r}): set a real secret (make secrets)"
                     )
                 roles[role] = secret
-        log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        log_level = env.get("LOG_LEVEL", "").strip().upper() or cls.log_level
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
-        store = env.get("STORE_ID", "main").strip() or "main"
+        store = env.get("STORE_ID", "").strip() or cls.store_id
         return cls(
             database_url=_database_url(env, need_database),
             kafka_bootstrap_servers=_bootstrap(env, need_kafka),
-            topic_transactions=env.get("KAFKA_TOPIC_TRANSACTIONS", "").strip() or "tillflow.transactions",
-            topic_rejects=env.get("KAFKA_TOPIC_REJECTS", "").strip() or "tillflow.rejects",
-            consumer_group=env.get("KAFKA_CONSUMER_GROUP", "").strip() or "tillflow-writer",
-            consumer_batch_size=_int(env, "CONSUMER_BATCH_SIZE", 10_000, minimum=1),
-            consumer_batch_timeout_ms=_int(env, "CONSUMER_BATCH_TIMEOUT_MS", 500, minimum=1),
+            topic_transactions=env.get("KAFKA_TOPIC_TRANSACTIONS", "").strip() or cls.topic_transactions,
+            topic_rejects=env.get("KAFKA_TOPIC_REJECTS", "").strip() or cls.topic_rejects,
+            consumer_group=env.get("KAFKA_CONSUMER_GROUP", "").strip() or cls.consumer_group,
+            consumer_batch_size=_int(env, "CONSUMER_BATCH_SIZE", cls.consumer_batch_size, minimum=1),
+            consumer_batch_timeout_ms=_int(env, "CONSUMER_BATCH_TIMEOUT_MS", cls.consumer_batch_timeout_ms, minimum=1),
             tax_rate=_tax_rate(env),
             store_id=store,
             inbox_dir=inbox_dir,
             archive_dir=_dir("ARCHIVE_DIR", "archive"),
             failed_dir=_dir("FAILED_DIR", "failed"),
-            watch_interval=_float(env, "WATCH_INTERVAL_SECONDS", 2.0, minimum=0.05),
-            watch_settle_seconds=_float(env, "WATCH_SETTLE_SECONDS", 2.0, minimum=0.0),
-            metrics_port=_int(env, "METRICS_PORT", 0, minimum=0),
+            watch_interval=_float(env, "WATCH_INTERVAL_SECONDS", cls.watch_interval, minimum=0.05),
+            watch_settle_seconds=_float(env, "WATCH_SETTLE_SECONDS", cls.watch_settle_seconds, minimum=0.0),
+            metrics_port=_int(env, "METRICS_PORT", cls.metrics_port, minimum=0),
             log_level=log_level,
             environment=environment,
             role_passwords=roles,
-            api_host=env.get("API_HOST", "").strip() or "127.0.0.1",
-            api_port=_port(env, "API_PORT", 8000),
-            api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", 1 << 20, minimum=1024),
-            api_max_batch=_int(env, "API_MAX_BATCH", 1000, minimum=1),
-            api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", 64 << 20, minimum=1024),
-            api_max_frame_bytes=_int(env, "API_MAX_FRAME_BYTES", 64 << 10, minimum=1024),
-            api_ws_max_in_flight=_int(env, "API_WS_MAX_IN_FLIGHT", 1000, minimum=1),
-            api_publish_timeout=_float(env, "API_PUBLISH_TIMEOUT_SECONDS", 10.0, minimum=0.5),
-            api_auth_cache_seconds=_float(env, "API_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
+            api_host=env.get("API_HOST", "").strip() or cls.api_host,
+            api_port=_port(env, "API_PORT", cls.api_port),
+            api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", cls.api_max_body_bytes, minimum=1024),
+            api_max_batch=_int(env, "API_MAX_BATCH", cls.api_max_batch, minimum=1),
+            api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", cls.api_max_upload_bytes, minimum=1024),
+            api_max_frame_bytes=_int(env, "API_MAX_FRAME_BYTES", cls.api_max_frame_bytes, minimum=1024),
+            api_ws_max_in_flight=_int(env, "API_WS_MAX_IN_FLIGHT", cls.api_ws_max_in_flight, minimum=1),
+            api_publish_timeout=_float(env, "API_PUBLISH_TIMEOUT_SECONDS", cls.api_publish_timeout, minimum=0.5),
+            api_auth_cache_seconds=_float(env, "API_AUTH_CACHE_SECONDS", cls.api_auth_cache_seconds, minimum=0.0),
             api_spool_dir=Path(env["API_SPOOL_DIR"].strip()) if env.get("API_SPOOL_DIR", "").strip() else None,
             backup_dir=Path(env["BACKUP_DIR"].strip()) if env.get("BACKUP_DIR", "").strip() else None,
-            backup_schedule=_cron(env, "BACKUP_SCHEDULE", "0 */6 * * *"),
-            backup_verify_schedule=_cron(env, "BACKUP_VERIFY_SCHEDULE", "30 3 * * *"),
-            backup_keep_daily=_int(env, "BACKUP_KEEP_DAILY", 7, minimum=0),
-            backup_keep_weekly=_int(env, "BACKUP_KEEP_WEEKLY", 4, minimum=0),
-            backup_restore_jobs=_int(env, "BACKUP_RESTORE_JOBS", 2, minimum=1),
+            backup_schedule=_cron(env, "BACKUP_SCHEDULE", cls.backup_schedule),
+            backup_verify_schedule=_cron(env, "BACKUP_VERIFY_SCHEDULE", cls.backup_verify_schedule),
+            backup_keep_daily=_int(env, "BACKUP_KEEP_DAILY", cls.backup_keep_daily, minimum=0),
+            backup_keep_weekly=_int(env, "BACKUP_KEEP_WEEKLY", cls.backup_keep_weekly, minimum=0),
+            backup_restore_jobs=_int(env, "BACKUP_RESTORE_JOBS", cls.backup_restore_jobs, minimum=1),
             pg_bindir=_bindir(env, "PG_BINDIR"),
-            reconcile_schedule=_cron(env, "RECONCILE_SCHEDULE", "15 2 * * *"),
+            reconcile_schedule=_cron(env, "RECONCILE_SCHEDULE", cls.reconcile_schedule),
             api_url=_http_url(env, "TILLFLOW_API_URL"),
             smoke_token=_secret(env, "SMOKE_TOKEN"),
-            smoke_store_id=env.get("SMOKE_STORE_ID", "").strip() or "smoke",
-            smoke_timeout=_float(env, "SMOKE_TIMEOUT_SECONDS", 120.0, minimum=1.0),
+            smoke_store_id=env.get("SMOKE_STORE_ID", "").strip() or cls.smoke_store_id,
+            smoke_timeout=_float(env, "SMOKE_TIMEOUT_SECONDS", cls.smoke_timeout, minimum=1.0),
             smoke_metrics_urls=_named_urls(env, "SMOKE_METRICS_URLS"),
             alertmanager_url=_http_url(env, "ALERTMANAGER_URL"),
             alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL") and env["ALERT_WEBHOOK_URL"].strip(),
@@ -339,5 +338,5 @@ class Settings:
             alert_smtp_smarthost=_host_port(env, "ALERT_SMTP_SMARTHOST"),
             alert_smtp_username=env.get("ALERT_SMTP_USERNAME", "").strip() or None,
             alert_smtp_password=_secret(env, "ALERT_SMTP_PASSWORD"),
-            alert_smtp_require_tls=_bool(env, "ALERT_SMTP_REQUIRE_TLS", True),
+            alert_smtp_require_tls=_bool(env, "ALERT_SMTP_REQUIRE_TLS", cls.alert_smtp_require_tls),
         )

@@ -699,3 +699,30 @@ def test_the_image_and_the_wheel_hold_what_production_runs_and_nothing_else():
     locked = {distribution(line) for line in (ROOT / "requirements.lock").read_text().splitlines()
               if line and not line.startswith("#")}
     assert runtime | extras <= locked, "every dependency, extras too, is pinned in requirements.lock"
+
+
+# Variables .env.example shows with an example value rather than the default (none has one).
+_EXAMPLES_NOT_DEFAULTS = {
+    "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "DATABASE_PASSWORD", "INBOX_DIR", "ARCHIVE_DIR", "FAILED_DIR",
+    "BACKUP_DIR", "TILLFLOW_API_URL", "TILLFLOW_OWNER_PASSWORD", "TILLFLOW_WRITER_PASSWORD",
+    "TILLFLOW_READER_PASSWORD", "TILLFLOW_BACKUP_PASSWORD", "TILLFLOW_MONITOR_PASSWORD",
+}
+
+
+def test_every_default_env_example_shows_is_the_one_tillflow_config_applies():
+    """The defaults are written once, in tillflow/config.py's Settings; .env.example repeats them
+    for the admin, and this holds the two together."""
+    import dataclasses
+
+    from tillflow.config import Settings
+
+    shown = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if match and match.group(1) not in _EXAMPLES_NOT_DEFAULTS:
+            shown[match.group(1)] = match.group(2).strip().strip("'")
+    assert {"CONSUMER_BATCH_SIZE", "BACKUP_SCHEDULE", "API_MAX_BATCH", "TAX_RATE"} <= set(shown)
+    from_example = dataclasses.asdict(Settings.from_env(shown))
+    defaults = dataclasses.asdict(Settings.from_env({}))
+    differ = {name: (from_example[name], defaults[name]) for name in defaults if from_example[name] != defaults[name]}
+    assert differ == {}, f".env.example shows values that are not the defaults: {differ}"
