@@ -21,22 +21,35 @@ from devstack.proc import ServiceError, pid_alive, signal_and_wait, spawn, wait_
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_VERSION = "4.1.1"
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.yaml")
-# The JVM options of Kafka's own start scripts (G1 with a 20 ms pause target),
-# plus two of ours; docker-compose.yml gives the image the same string
-# (KAFKA_JVM_PERFORMANCE_OPTS, a test keeps them equal):
-# - TieredStopAtLevel=1: C1 only. On a 2-core box the C2 compiler was the
-#   brokers' biggest CPU user, for minutes after each start: 0.25 of a core
-#   while the consumer drained a topic (serving it took 0.05), 0.08 when idle.
-#   Without it the three idle brokers used 0.2-0.36 cores, with it 0.08-0.1,
-#   and the consumer drained 1.2-1.4x faster; the request threads' CPU did not
-#   grow measurably (bench/README.md).
-# - ExitOnOutOfMemoryError: a broker out of heap exits and is restarted
-#   (restart: always) instead of limping on.
-JVM_PERFORMANCE_OPTS = (
-    "-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35"
-    " -XX:+ExplicitGCInvokesConcurrent -XX:TieredStopAtLevel=1 -XX:+ExitOnOutOfMemoryError"
-    " -Djava.awt.headless=true"
-)
+BROKER_ENV = REPO / "kafka" / "broker.env"
+# Variables of Kafka's start scripts, not broker properties.
+_NOT_PROPERTIES = {"KAFKA_HEAP_OPTS", "KAFKA_JVM_PERFORMANCE_OPTS", "KAFKA_OPTS", "KAFKA_LOG4J_OPTS",
+                   "KAFKA_JMX_OPTS", "KAFKA_GC_LOG_OPTS"}
+
+
+def broker_env(path: Path = BROKER_ENV) -> dict[str, str]:
+    """kafka/broker.env: the settings every Tillflow broker shares, as variables."""
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            found[name] = value
+    return found
+
+
+def broker_properties(env: dict[str, str]) -> dict[str, str]:
+    """The broker properties of KAFKA_* variables, by the image's rule: KAFKA_ dropped,
+    lower case, ``___`` a dash, ``__`` an underscore, ``_`` a dot."""
+    properties = {}
+    for name, value in env.items():
+        if name.startswith("KAFKA_") and name not in _NOT_PROPERTIES:
+            key = name[len("KAFKA_"):].lower().replace("___", "-").replace("__", "\0").replace("_", ".")
+            properties[key.replace("\0", "_")] = value
+    return properties
+
+
+JVM_PERFORMANCE_OPTS = broker_env()["KAFKA_JVM_PERFORMANCE_OPTS"]
 
 
 def cache_dir() -> Path:
@@ -88,23 +101,15 @@ class KafkaNode:
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         settings = {
-            "process.roles": "broker,controller",
+            **broker_properties(broker_env()),
             "node.id": self.node_id,
             "controller.quorum.voters": self.cluster.voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": self.data_dir,
             "num.partitions": 3,  # as etl.topics.PARTITIONS
-            "default.replication.factor": 3,
-            "min.insync.replicas": 2,
-            "unclean.leader.election.enable": "false",
-            "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": 3,
-            "transaction.state.log.replication.factor": 3,
-            "transaction.state.log.min.isr": 2,
             "group.initial.rebalance.delay.ms": 0,
             # Small segments keep restart recovery quick on a laptop-sized box.
             "log.segment.bytes": 64 * 1024 * 1024,

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devstack.kafka import JVM_PERFORMANCE_OPTS, KafkaCluster
+from devstack.kafka import KafkaCluster, broker_env
 from devstack.postgres import NativePostgres
 from devstack.proc import free_port
 from etl.topics import PARTITIONS
@@ -239,26 +239,18 @@ class DockerKafkaCluster:
                 .with_network_aliases(f"kafka-{i}")
                 .with_bind_ports(port, port)
                 .with_env("KAFKA_NODE_ID", str(i))
-                .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
                 .with_env("CLUSTER_ID", cluster_id)
                 .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", voters)
                 .with_env("KAFKA_LISTENERS", f"INTERNAL://:19092,EXTERNAL://:{port},CONTROLLER://:9093")
                 .with_env("KAFKA_ADVERTISED_LISTENERS", f"INTERNAL://kafka-{i}:19092,EXTERNAL://127.0.0.1:{port}")
                 .with_env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT")
                 .with_env("KAFKA_INTER_BROKER_LISTENER_NAME", "INTERNAL")
-                .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
-                .with_env("KAFKA_DEFAULT_REPLICATION_FACTOR", "3")
-                .with_env("KAFKA_MIN_INSYNC_REPLICAS", "2")
-                .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "3")
-                .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "3")
-                .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "2")
-                .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
-                .with_env("KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE", "false")
                 .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
-                # The native test brokers' heap and JVM options (devstack/kafka.py).
+                # The native test brokers' heap (devstack/kafka.py).
                 .with_env("KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m")
-                .with_env("KAFKA_JVM_PERFORMANCE_OPTS", JVM_PERFORMANCE_OPTS)
             )
+            for name, value in broker_env().items():  # kafka/broker.env: what every broker shares
+                container.with_env(name, value)
             container.start()
             self.nodes.append(_DockerKafkaNode(container, i, port))
         self.bootstrap_servers = ",".join(f"127.0.0.1:{p}" for p in ports)

@@ -95,10 +95,19 @@ def is_long_running(service: dict) -> bool:
 
 
 def environment(service: dict) -> dict[str, str]:
+    """The service's environment as Compose gives it: its env_file files, then ``environment`` over them."""
+    merged: dict[str, str] = {}
+    files = service.get("env_file") or []
+    for path in [files] if isinstance(files, str) else files:
+        for line in (ROOT / path).read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                key, _, value = line.partition("=")
+                merged[key.strip()] = value
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {key: "" if value is None else str(value) for key, value in env.items()}
+    merged.update({key: "" if value is None else str(value) for key, value in env.items()})
+    return merged
 
 
 def depends_on(service: dict) -> dict:
@@ -314,15 +323,26 @@ def test_kafka_heap_leaves_room_in_its_container():
         )
 
 
-def test_native_brokers_run_with_the_jvm_options_compose_gives_the_image():
-    from devstack.kafka import JVM_PERFORMANCE_OPTS
+def test_every_broker_takes_its_shared_settings_from_kafka_broker_env(tmp_path):
+    """One source for what every broker shares: the compose brokers read kafka/broker.env (and
+    override none of it), the native brokers render it into server.properties, and the JVM
+    options the native brokers run with are its KAFKA_JVM_PERFORMANCE_OPTS."""
+    from devstack.kafka import JVM_PERFORMANCE_OPTS, KafkaCluster, KafkaNode, broker_env, broker_properties
 
+    shared = broker_env()
+    assert {"KAFKA_MIN_INSYNC_REPLICAS", "KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_JVM_PERFORMANCE_OPTS"} <= set(shared)
     for name, svc in kafka_services().items():
-        options = environment(svc).get("KAFKA_JVM_PERFORMANCE_OPTS", "")
-        assert options.split() == JVM_PERFORMANCE_OPTS.split(), (
-            f"{name}: KAFKA_JVM_PERFORMANCE_OPTS differs from devstack.kafka.JVM_PERFORMANCE_OPTS"
-        )
-        assert "-XX:TieredStopAtLevel=1" in options.split(), f"{name}: the C2 compiler would cost a core's quarter"
+        assert svc.get("env_file") == ["kafka/broker.env"], name
+        own = svc.get("environment") or {}
+        assert not set(own) & set(shared), f"{name} overrides kafka/broker.env: {sorted(set(own) & set(shared))}"
+        assert {k: environment(svc)[k] for k in shared} == shared
+    cluster = KafkaCluster.__new__(KafkaCluster)  # no jars needed to render a node's configuration
+    cluster.base_dir, cluster.log_dir, cluster.voters = tmp_path, tmp_path / "logs", "1@127.0.0.1:9093"
+    node = KafkaNode(cluster, 1, 9092, 9093)
+    node.write_config()
+    rendered = dict(line.split("=", 1) for line in node.config.read_text().splitlines())
+    assert {k: rendered[k] for k in broker_properties(shared)} == broker_properties(shared)
+    assert JVM_PERFORMANCE_OPTS == shared["KAFKA_JVM_PERFORMANCE_OPTS"]
 
 
 def test_every_service_logs_through_the_one_capped_anchor():
