@@ -11,7 +11,9 @@ One loop, in this order, forever:
 3. write the batch in one PostgreSQL transaction (``consumer.sink``), with
    the Kafka position it reaches in each partition (``ingest.kafka_positions``:
    what a restore replays from);
-4. commit the batch's offsets to Kafka, only after the database commit.
+4. commit the batch's offsets to Kafka, only after the database commit
+   (``consumer.progress.Checkpoint``; the lag metrics are
+   ``consumer.progress.LagReporter``'s).
 
 Steps 3 and 4 of one batch overlap steps 1 and 2 of the next: a writer thread
 streams batch N into PostgreSQL (psycopg2 releases the GIL while the server
@@ -22,8 +24,8 @@ A crash anywhere replays at most the uncommitted batches, and replaying is a
 no-op for the sink.
 
 Kafka is read through librdkafka (confluent-kafka): it fetches, checks and
-unpacks records in C on its own threads, where kafka-python spends about
-20 µs of Python per record.
+unpacks records in C on its own threads (DEVELOPERS.md says what kafka-python
+cost here).
 
 While PostgreSQL is down the worker pauses every assigned partition (it keeps
 polling, so it stays in its group), retries with capped exponential backoff,
@@ -43,6 +45,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer import metrics
 from consumer.cluster import ClusterProbe
+from consumer.progress import Checkpoint, LagReporter
 from consumer.rows import fast_row, row_of
 from consumer.sink import Batch, IsolatingSink, PostgresSink, Position, SinkUnavailable, WriteResult
 from tillflow.config import Settings
@@ -56,16 +59,12 @@ log = logging.getLogger("tillflow.consumer")
 _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
 _CONSUME_WAIT = 0.1  # seconds one consume() call waits; a batch closes after a wait that brought nothing
-_KAFKA_TIMEOUT = 10.0  # seconds for a metadata or offsets request
-_LAG_QUERY_EVERY = 10.0  # seconds between offset queries for partitions not read from yet
 _new_tuple = tuple.__new__  # a Position per record without the NamedTuple's Python-level constructor
 # The writer thread needs the GIL briefly per COPY chunk while this one decodes
 # flat out; at Python's default 5 ms switch interval it waits longer for the GIL
 # than PostgreSQL takes for the chunk before, and the backend idles.
 _SWITCH_INTERVAL = 0.0005
-# A commit refused because the group moved on: the new owner replays, harmlessly.
-_REBALANCED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
-               KafkaError._ASSIGNMENT_LOST}
+
 
 
 class Worker:
@@ -82,9 +81,8 @@ class Worker:
         self._paused = False  # PostgreSQL is down: every assigned partition stays paused
         self._kafka_error: int | None = None  # the last cluster error logged, so it is logged once
         self.totals = WriteResult()
-        self._lag_labels: set[tuple[str, str]] = set()
-        self._lag_queried = float("-inf")
-        self._unread_lag: dict[tuple[str, int], int] = {}
+        self._checkpoint = Checkpoint(settings)
+        self._lag = LagReporter(settings)
 
     # -- Kafka ---------------------------------------------------------------------
     def _connect(self) -> Consumer:
@@ -155,10 +153,11 @@ class Worker:
                     pending = (self._writer.submit(self._timed_write, batch), batch, offsets)
                     last_activity = time.monotonic()
                 elif until_idle is not None and time.monotonic() - last_activity >= until_idle:
-                    if self._caught_up(consumer, idle_for=time.monotonic() - last_activity, until_idle=until_idle):
+                    if self._checkpoint.caught_up(consumer, idle_for=time.monotonic() - last_activity,
+                                                  until_idle=until_idle):
                         log.info("idle for %.1fs with everything committed: exiting", until_idle)
                         break
-                self._report_lag(consumer)
+                self._lag.report(consumer)
             if pending is not None:
                 self._settle(consumer, *pending)
         finally:
@@ -211,9 +210,6 @@ class Worker:
         if error.fatal():
             raise KafkaException(error)
         log.warning("Kafka: %s on %s[%s]", error.str(), message.topic(), message.partition())
-
-    def _kind(self, topic: str) -> str:
-        return "transactions" if topic == self.settings.topic_transactions else "rejects"
 
     def _add(self, batch: Batch, value: bytes | None, key: bytes | None, pos: Position) -> None:
         row = fast_row(value) if value is not None else None
@@ -283,7 +279,7 @@ class Worker:
             setattr(self.totals, field, getattr(self.totals, field) + getattr(result, field))
         if result.conflicts:
             log.warning("%d conflicting duplicate(s) recorded in ingest.conflicts", result.conflicts)
-        self._commit(consumer, offsets)
+        self._checkpoint.commit(consumer, offsets)
         return True
 
     def _sleep_polling(self, consumer: Consumer, seconds: float) -> None:
@@ -304,97 +300,6 @@ class Worker:
                 consumer.seek(TopicPartition(topic, partition, offset))
             if first:
                 consumer.pause(consumer.assignment())
-
-    def _commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
-        try:
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.code() not in _REBALANCED:
-                raise
-            # The group rebalanced while we wrote: the new owner replays these
-            # records and the sink makes that a no-op.
-            log.warning("offset commit refused after a rebalance (records will be replayed, harmlessly): %s",
-                        error.str())
-            return
-        metrics.LAST_COMMIT.set_to_current_time()
-
-    # -- progress ------------------------------------------------------------------
-    def _partitions(self, consumer: Consumer) -> list[TopicPartition]:
-        topics = consumer.list_topics(timeout=_KAFKA_TIMEOUT).topics
-        return [
-            TopicPartition(name, p)
-            for name in (self.settings.topic_transactions, self.settings.topic_rejects)
-            if name in topics and topics[name].error is None
-            for p in topics[name].partitions
-        ]
-
-    def _caught_up(self, consumer: Consumer, idle_for: float, until_idle: float) -> bool:
-        """True when the group has committed every partition to its end.
-
-        Called with nothing in flight, so the group's committed offsets are
-        exactly what is stored; a member that was not (yet) handed any
-        partition, e.g. while the coordinator waits out a killed member's
-        session, does not mistake that for being done.
-        """
-        try:
-            partitions = self._partitions(consumer)
-            if not partitions:
-                return idle_for >= until_idle + 60
-            for tp in consumer.committed(partitions, timeout=_KAFKA_TIMEOUT):
-                low, high = consumer.get_watermark_offsets(tp, timeout=_KAFKA_TIMEOUT, cached=False)
-                if max(tp.offset, low) < high:
-                    return False
-        except KafkaException as exc:
-            log.info("cannot tell whether everything is committed yet: %s", exc.args[0].str())
-            return False
-        return True
-
-    def _report_lag(self, consumer: Consumer) -> None:
-        assigned = set()
-        try:
-            positions = consumer.position(consumer.assignment())
-        except KafkaException:
-            return
-        # A partition not read from since it was assigned has no position yet:
-        # its lag counts from the group's committed offset (or the log's start),
-        # asked of the brokers at most every _LAG_QUERY_EVERY seconds.
-        unread = [tp for tp in positions if tp.offset < 0]
-        if unread and time.monotonic() - self._lag_queried >= _LAG_QUERY_EVERY:
-            self._lag_queried = time.monotonic()
-            self._unread_lag = self._lag_from_committed(consumer, unread)
-        for tp in positions:
-            labels = (self._kind(tp.topic), str(tp.partition))
-            assigned.add(labels)
-            if tp.offset < 0:
-                lag = self._unread_lag.get((tp.topic, tp.partition))
-            else:
-                try:
-                    _low, high = consumer.get_watermark_offsets(tp, cached=True)
-                except KafkaException:
-                    continue
-                lag = high - tp.offset if high >= 0 else None
-            if lag is not None:
-                metrics.LAG.labels(*labels).set(max(0, lag))
-        # A partition handed to another replica is its to report: a stale value
-        # here would add phantom lag to the sum the alerts read.
-        for labels in self._lag_labels - assigned:
-            try:
-                metrics.LAG.remove(*labels)
-            except KeyError:  # another worker of this process removed it (tests run several)
-                pass
-        self._lag_labels = assigned
-
-    @staticmethod
-    def _lag_from_committed(consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        lags = {}
-        try:
-            for tp in consumer.committed(partitions, timeout=_KAFKA_TIMEOUT):
-                low, high = consumer.get_watermark_offsets(tp, timeout=_KAFKA_TIMEOUT, cached=False)
-                lags[tp.topic, tp.partition] = high - max(tp.offset, low)
-        except KafkaException as exc:
-            log.debug("cannot read committed offsets for the lag: %s", exc)
-        return lags
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
