@@ -17,7 +17,7 @@ promised to be). The text form of a row depends on a few session settings
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -81,17 +81,22 @@ def content(cur) -> Content:
     return Content(TABLE, int(rows), f"{int(total) & _MASK:016x}", ALGORITHM)
 
 
-def content_of(server: Server, dbname: str, *, error=BackupError) -> Content:
-    """Row count and checksum of ``sales.transactions`` in ``dbname`` as it is now."""
+def read_now(server: Server, dbname: str, read: Callable, what: str, *, error=BackupError):
+    """``read(cursor)`` in ``dbname`` as it is now, in a read-only transaction."""
     conn = connect(server, dbname, error=error)
     try:
         conn.set_session(readonly=True)
         with conn.cursor() as cur:
-            return content(cur)
+            return read(cur)
     except psycopg2.Error as exc:
-        raise error(f"checksumming {TABLE} in {server.where(dbname)} failed: {first_line(exc)}") from exc
+        raise error(f"{what} in {server.where(dbname)} failed: {first_line(exc)}") from exc
     finally:
         conn.close()
+
+
+def content_of(server: Server, dbname: str, *, error=BackupError) -> Content:
+    """Row count and checksum of ``sales.transactions`` in ``dbname`` as it is now."""
+    return read_now(server, dbname, content, f"checksumming {TABLE}", error=error)
 
 
 def positions(cur) -> dict[tuple[str, int], int] | None:
@@ -106,15 +111,7 @@ def positions(cur) -> dict[tuple[str, int], int] | None:
 
 def positions_of(server: Server, dbname: str, *, error=BackupError) -> dict[tuple[str, int], int] | None:
     """``positions`` of ``dbname`` as it is now."""
-    conn = connect(server, dbname, error=error)
-    try:
-        conn.set_session(readonly=True)
-        with conn.cursor() as cur:
-            return positions(cur)
-    except psycopg2.Error as exc:
-        raise error(f"reading {POSITIONS} in {server.where(dbname)} failed: {first_line(exc)}") from exc
-    finally:
-        conn.close()
+    return read_now(server, dbname, positions, f"reading {POSITIONS}", error=error)
 
 
 def properties(cur) -> DatabaseProperties:

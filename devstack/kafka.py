@@ -219,22 +219,19 @@ class KafkaCluster:
 
     def wait_ready(self, timeout: float = 120, brokers: int | None = None) -> None:
         """Wait until the cluster's metadata lists ``brokers`` live brokers (all by default)."""
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
+        from tillflow.errors import PublishError
+        from tillflow.kafka_admin import admin_client, cluster_health
 
         want = len(self.nodes) if brokers is None else brokers
         deadline = time.monotonic() + timeout
         seen = 0
+        admin = admin_client(self.bootstrap_servers.split(","), client_id="devstack", timeout=5.0)
         while time.monotonic() < deadline:
             try:
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000)
-                try:
-                    seen = len(admin.describe_cluster()["brokers"])
-                finally:
-                    admin.close()
+                seen = cluster_health(admin, [], timeout=5.0).brokers
                 if seen >= want:
                     return
-            except (KafkaError, OSError):
+            except PublishError:
                 pass
             time.sleep(0.5)
         raise ServiceError(f"Kafka cluster reported {seen} of {want} brokers after {timeout:.0f}s (logs: {self.log_dir})")

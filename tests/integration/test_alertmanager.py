@@ -30,6 +30,7 @@ import yaml
 
 from devstack.proc import free_port
 from support.alerts import Alertmanager, SmtpSink, WebhookReceiver
+from support.pipeline import wait_for
 from tillflow.alerting import Timing, render
 from tillflow.config import Settings
 
@@ -80,14 +81,8 @@ class MetricsEndpoint:
             self.server = None
 
 
-def wait_for(what: str, found, timeout: float = WITHIN):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: nothing within {timeout:.0f} s")
+def waited(what: str, found, timeout: float = WITHIN):
+    return wait_for(found, timeout, what, every=0.5)
 
 
 @pytest.fixture
@@ -148,10 +143,10 @@ def pipeline(tmp_path, receivers):
         return bool(rules) and bool(managers)
 
     try:
-        wait_for("Prometheus scraping the endpoint", target_up, 60)
+        waited("Prometheus scraping the endpoint", target_up, 60)
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(alerting))
         prometheus.send_signal(signal.SIGHUP)
-        wait_for("Prometheus with the rule and Alertmanager", alerting_loaded, 60)
+        waited("Prometheus with the rule and Alertmanager", alerting_loaded, 60)
         yield endpoint, webhook, smtp
     finally:
         endpoint.down()
@@ -175,7 +170,7 @@ def test_one_outage_is_one_firing_and_one_resolved_notification_with_summary_and
     started = time.monotonic()
     endpoint.down()
 
-    [firing] = wait_for("the firing notification", lambda: target_down(webhook.notifications(), "firing"))
+    [firing] = waited("the firing notification", lambda: target_down(webhook.notifications(), "firing"))
     print(f"\nfiring notification {time.monotonic() - started:.1f} s after the endpoint went away")
     # Alertmanager's standard webhook JSON, the rule's annotations in it.
     assert firing["version"] == "4" and firing["receiver"] == "tillflow"
@@ -188,7 +183,7 @@ def test_one_outage_is_one_firing_and_one_resolved_notification_with_summary_and
     assert "docs/runbook.md#targetdown" in alert["annotations"]["runbook"]
     assert alert["annotations"]["description"].startswith("Prometheus has not scraped the consumer service")
 
-    [mail] = wait_for("the firing e-mail", lambda: [m for m in smtp.received() if "FIRING" in m.subject])
+    [mail] = waited("the firing e-mail", lambda: [m for m in smtp.received() if "FIRING" in m.subject])
     assert mail.subject == (f"[Tillflow FIRING] TargetDown (critical): consumer (127.0.0.1:{endpoint.port}) is down")
     assert mail.recipients == ["<oncall@example.com>"] and "tillflow@example.com" in mail.sender
     assert f"Summary: consumer (127.0.0.1:{endpoint.port}) is down" in mail.text
@@ -196,12 +191,12 @@ def test_one_outage_is_one_firing_and_one_resolved_notification_with_summary_and
 
     endpoint.up()
     back = time.monotonic()
-    [resolved] = wait_for("the resolved notification", lambda: target_down(webhook.notifications(), "resolved"))
+    [resolved] = waited("the resolved notification", lambda: target_down(webhook.notifications(), "resolved"))
     print(f"resolved notification {time.monotonic() - back:.1f} s after the endpoint came back")
     [alert] = resolved["alerts"]
     assert alert["status"] == "resolved" and alert["endsAt"] > alert["startsAt"]
     assert "docs/runbook.md#targetdown" in alert["annotations"]["runbook"]
-    [mail] = wait_for("the resolved e-mail", lambda: [m for m in smtp.received() if "RESOLVED" in m.subject])
+    [mail] = waited("the resolved e-mail", lambda: [m for m in smtp.received() if "RESOLVED" in m.subject])
     assert mail.subject.startswith("[Tillflow RESOLVED] TargetDown (critical): ")
     assert "RESOLVED: TargetDown (critical)" in mail.text and "Runbook: " in mail.text
 
@@ -225,7 +220,7 @@ def test_without_a_receiver_alertmanager_runs_and_sends_nothing(tmp_path, receiv
             "annotations": {"summary": "consumer is down", "runbook": "docs/runbook.md#targetdown"},
             "startsAt": stamp}], timeout=10)
         assert answer.status_code == 200, answer.text
-        groups = wait_for("the alert grouped", lambda: httpx.get(f"{alertmanager.url}/api/v2/alerts/groups",
+        groups = waited("the alert grouped", lambda: httpx.get(f"{alertmanager.url}/api/v2/alerts/groups",
                                                                  timeout=5).json())
         assert [g["receiver"]["name"] for g in groups] == ["nobody"]
         time.sleep(3)  # past group_wait: the null receiver sent nothing anywhere

@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support.pipeline import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_COMPOSE = ROOT / "tests" / "support" / "fake_compose.py"
@@ -38,16 +39,6 @@ GIT_ENV = {
     "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
 }
 LOG_LINE = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
-
-
-def wait_for(predicate, timeout: float = 20, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Site:

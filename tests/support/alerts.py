@@ -22,7 +22,27 @@ import httpx
 from devstack.proc import free_port
 
 
-class WebhookReceiver:
+class _Served:
+    """A socket server answering on a daemon thread while the ``with`` block runs."""
+
+    server: socketserver.BaseServer
+
+    def _serve(self, server: socketserver.BaseServer) -> None:
+        self.server = server
+        self.port = server.server_address[1]
+        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class WebhookReceiver(_Served):
     """Keeps every JSON body POSTed to it, in arrival order, with the time it arrived."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -41,18 +61,7 @@ class WebhookReceiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> WebhookReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        self._serve(ThreadingHTTPServer((host, port), Handler))
 
     def notifications(self) -> list[tuple[float, dict]]:
         with self.lock:
@@ -66,7 +75,7 @@ class Mail:
     text: str
 
 
-class SmtpSink:
+class SmtpSink(_Served):
     """A plain SMTP server (no TLS, no login) that keeps every message it is given."""
 
     def __init__(self) -> None:
@@ -113,19 +122,9 @@ class SmtpSink:
                     else:  # RSET, NOOP and the rest
                         self.reply("250 OK")
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> SmtpSink:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self._serve(server)
 
     def received(self) -> list[Mail]:
         with self.lock:

@@ -76,11 +76,13 @@ def topic_size(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.25) -> None:
+def wait_for(predicate, timeout: float = 20, what: str = "the condition", every: float = 0.25):
+    """The first truthy value of ``predicate()`` within ``timeout`` seconds, else AssertionError."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 

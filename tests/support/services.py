@@ -2,12 +2,9 @@
 
 Where a Docker engine answers, PostgreSQL and the three Kafka brokers run as
 containers (testcontainers); elsewhere as native processes (``devstack``).
-Both expose the same surface, so tests never know which:
-
-* postgres: ``url(user, password, dbname)``, ``host``, ``port``, ``stop(mode)``,
-  ``kill()``, ``start()``
-* kafka: ``bootstrap_servers``, ``nodes`` (each ``stop(sig)``, ``kill()``,
-  ``start()``, ``wait_listening()``, ``node_id``), ``wait_ready(brokers=N)``
+Both backends are one typed surface, ``PostgresServer`` and ``KafkaBrokers``
+below, so tests never know which they have; a test holds both backends' classes
+to it (tests/unit/test_services.py).
 """
 from __future__ import annotations
 
@@ -20,11 +17,49 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Protocol
 
 from devstack.kafka import KafkaCluster, broker_env
 from devstack.postgres import NativePostgres
 from devstack.proc import free_port
 from etl.topics import PARTITIONS
+
+
+class PostgresServer(Protocol):
+    """A PostgreSQL server of either backend."""
+
+    host: str
+    port: int
+    password: str
+
+    def url(self, user: str = "postgres", password: str | None = None, dbname: str = "postgres") -> str: ...
+    def running(self) -> bool: ...
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None: ...
+    def kill(self) -> None: ...
+    def start(self, timeout: float = 60) -> None: ...
+    def destroy(self) -> None: ...
+
+
+class KafkaNode(Protocol):
+    """One broker of ``KafkaBrokers``."""
+
+    node_id: int
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None: ...
+    def kill(self) -> None: ...
+    def start(self) -> None: ...
+    def wait_listening(self, timeout: float = 90) -> None: ...
+    def running(self) -> bool: ...
+
+
+class KafkaBrokers(Protocol):
+    """The three brokers of either backend."""
+
+    bootstrap_servers: str
+    nodes: list
+
+    def wait_ready(self, timeout: float = 120, brokers: int | None = None) -> None: ...
+    def stop(self, timeout: float = 30) -> None: ...
 
 
 def docker_available() -> bool:
@@ -43,7 +78,7 @@ def make_root() -> Path:
     return root
 
 
-def start_postgres(root: Path, *, port: int | None = None):
+def start_postgres(root: Path, *, port: int | None = None) -> PostgresServer:
     """A new server of the session's kind; ``port``: on that host port (a server replacing a lost one)."""
     password = secrets.token_hex(16)
     if docker_available():
@@ -53,7 +88,7 @@ def start_postgres(root: Path, *, port: int | None = None):
     return server
 
 
-def start_kafka(root: Path):
+def start_kafka(root: Path) -> KafkaBrokers:
     if docker_available():
         return DockerKafkaCluster()
     cluster = KafkaCluster(
@@ -277,7 +312,8 @@ class DockerKafkaCluster:
             time.sleep(0.5)
         raise RuntimeError(f"Kafka containers did not report {want} brokers in {timeout}s")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
+        """Remove the brokers (their data goes with them) and their network."""
         for node in self.nodes:
             node.container.stop()
         self.network.remove()
