@@ -8,9 +8,9 @@ certainty that they are valid, and their canonical text.
 :func:`tillflow.messages.encode_transaction` writes it, with one regular
 expression: ids, dates, amounts and quantities in canonical form are their own
 COPY text. The free text (product names, stores, origins) and the dates are
-asked of the record module's own rules (:func:`tillflow.record.accept_canonical`)
-once per distinct value, as is what each reads as in COPY text: they repeat
-from row to row, so the answers are cached.
+asked of the record module's own per-field checks (``tillflow.record.canonical_*``,
+which the sources' fast path calls too) once per distinct value, as is what each
+reads as in COPY text: they repeat from row to row, so the answers are cached.
 
 Every message it cannot vouch for (another layout or key order, a
 non-canonical number, a value that breaks a rule) gets None, and goes the
@@ -27,7 +27,9 @@ import re
 from typing import NamedTuple
 
 from tillflow.messages import TransactionMessage
-from tillflow.record import AMOUNT_MAX_CHARS, MAX_AMOUNT, QUANTITY_MAX_DIGITS, accept_canonical
+from tillflow.record import (
+    AMOUNT_MAX_CHARS, MAX_AMOUNT, QUANTITY_MAX_DIGITS, canonical_date, canonical_name, canonical_store,
+)
 
 NULL = b"\\N"  # COPY text for NULL
 # COPY text format: backslash, tab, newline and carriage return are escaped.
@@ -90,8 +92,6 @@ _new = tuple.__new__
 _ZERO = b"0.00"
 _BAD = b""  # cached verdict: the value breaks a rule (no valid value's COPY text is empty)
 
-# A valid row, to ask the record's rules about one field's value with the rest held valid.
-_PROBE = ("00000000-0000-0000-0000-000000000000", "2000-01-01", "SELL", "x", 1, "1.00", "1.20", "x")
 _CACHE_LIMIT = 100_000  # distinct values remembered per cache, then it starts again
 
 
@@ -115,26 +115,24 @@ def _remember(cache: dict, key, value):
     return value
 
 
-def _judged(field: int):
-    """A cache from one field's raw JSON text to its COPY text, or _BAD when the record refuses it."""
+def _judged(valid):
+    """A cache from one field's raw JSON text to its COPY text, or _BAD when ``valid``
+    (the record module's check of that field) refuses what it reads as."""
     cache: dict[bytes, bytes] = {}
 
     def judge(raw: bytes) -> bytes:
         text = _json_text(raw)
         copy = _BAD
-        if text is not None:
-            probe = list(_PROBE)
-            probe[field] = text
-            if accept_canonical(*probe, None, None, None, "") is not None:
-                copy = copy_text(text)
+        if text is not None and valid(text):
+            copy = copy_text(text)
         return _remember(cache, raw, copy)
 
     return cache, judge
 
 
-_dates, _judge_date = _judged(1)
-_names, _judge_name = _judged(3)
-_stores, _judge_store = _judged(7)
+_dates, _judge_date = _judged(lambda text: canonical_date(text) is not None)
+_names, _judge_name = _judged(canonical_name)
+_stores, _judge_store = _judged(canonical_store)
 _origins: dict[tuple[bytes, bytes | None], tuple[bytes, bytes] | None] = {}
 
 

@@ -239,6 +239,40 @@ def validate(
     return _full(raw, origin, tax_rate, default_date, default_store, list(row_reasons))
 
 
+# -- the fast checks, a field each ----------------------------------------------------------
+# What a value in canonical form must be to be valid, as cheap str tests. accept_canonical
+# (the CSV and SQLite sources' fast path, and the consumer's reference path) and the
+# consumer's fast path (consumer.rows, once per distinct value) call these same functions;
+# validate_full gives the verdict, with reasons, for everything else.
+
+
+def canonical_date(text) -> datetime.date | None:
+    """``YYYY-MM-DD`` as a date; None for anything else."""
+    if type(text) is str and len(text) == 10 and text[4] == "-" and text[7] == "-" and text.isascii():
+        try:
+            return _fromisoformat(text)
+        except ValueError:
+            return None
+    return None
+
+
+def canonical_name(name) -> bool:
+    """A product name as the rules take it: printable, trimmed, NFC, 1 to MAX_NAME_CHARS characters."""
+    return (
+        type(name) is str
+        and 0 < len(name) <= MAX_NAME_CHARS
+        and name.isprintable()  # rules out NUL, control chars, surrogates, odd spaces
+        and name[0] != " "
+        and name[-1] != " "
+        and (name.isascii() or unicodedata.is_normalized("NFC", name))
+    )
+
+
+def canonical_store(store) -> bool:
+    """A store id as the rules take it: 1 to MAX_STORE_CHARS of letters, digits, ``_ . -``."""
+    return type(store) is str and 0 < len(store) <= MAX_STORE_CHARS and not store.strip(_STORE_CHARS)
+
+
 def accept_canonical(
     id_, transaction_date, category, name, quantity, amount_excl_tax, amount_inc_tax, store_id,
     origin, tax_rate, default_date, default_store, /,
@@ -268,26 +302,15 @@ def accept_canonical(
     d = transaction_date
     if d is None:
         d = default_date
-    elif type(d) is str and len(d) == 10 and d[4] == "-" and d[7] == "-" and d.isascii():
-        try:
-            d = _fromisoformat(d)
-        except ValueError:
-            return None
+    elif type(d) is str:
+        d = canonical_date(d)
     if type(d) is not _date:
         return None
 
     if category != "SELL" and category != "BUY":
         return None
 
-    if (
-        type(name) is not str
-        or not name
-        or len(name) > MAX_NAME_CHARS
-        or not name.isprintable()  # rules out NUL, control chars, surrogates, odd spaces
-        or name[0] == " "
-        or name[-1] == " "
-        or not (name.isascii() or unicodedata.is_normalized("NFC", name))
-    ):
+    if not canonical_name(name):
         return None
 
     q = quantity
@@ -325,7 +348,7 @@ def accept_canonical(
     store = store_id
     if store is None or store == "":
         store = default_store
-    if type(store) is not str or not store or len(store) > MAX_STORE_CHARS or store.strip(_STORE_CHARS):
+    if not canonical_store(store):
         return None
 
     tx = _TransactionBuilder(u, d, category, name, q, _Decimal(e), _Decimal(i), store, origin)
