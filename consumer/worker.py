@@ -66,7 +66,6 @@ _new_tuple = tuple.__new__  # a Position per record without the NamedTuple's Pyt
 _SWITCH_INTERVAL = 0.0005
 
 
-
 class Worker:
     """Consumes both topics and writes them through a ``PostgresSink``."""
 

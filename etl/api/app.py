@@ -112,15 +112,14 @@ def create_app(settings: Settings) -> TillflowAPI:
         app.state.uploader = upload.Uploader(settings)
         await app.state.publisher.start()
         # What exists now (routes, schemas, the OpenAPI models, the clients) lives as long as
-        # the process: frozen, a full garbage collection no longer walks it. Walking it took
-        # ~0.2 s on a busy 2-core machine, with the event loop stopped meanwhile.
+        # the process: frozen, a full garbage collection no longer walks it, with the event
+        # loop stopped meanwhile.
         gc.collect()
         gc.freeze()
         # Collections stop the event loop, and what a request leaves behind is freed by reference
-        # counting: at the default threshold (700 net allocations) bench.api at 500 tx/s ran ~40
-        # young collections a second, some taking milliseconds of wall time on a busy box, and a
-        # full one every few seconds (up to 15 ms). At 10,000 they are rare; max latency at 500
-        # tx/s fell from 51-98 to 52-58 ms in an A/B (with 50,000).
+        # counting: at the default threshold young collections ran many times a second under
+        # load, and full ones every few seconds. At 10,000 they are rare (bench/README.md,
+        # "Garbage collection", has the measurements).
         gc.set_threshold(*GC_THRESHOLDS)
         log.info("serving on http://%s:%d (store tokens in api.tokens, topics %s and %s)",
                  settings.api_host, settings.api_port, settings.topic_transactions, settings.topic_rejects)
