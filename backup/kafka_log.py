@@ -24,19 +24,13 @@ _IDLE_GROUP = {ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD, ConsumerGroupS
 
 
 class KafkaLog:
-    """An admin connection to the cluster at ``servers``; a context manager."""
+    """An admin connection to the cluster at ``servers`` (the AdminClient needs no closing)."""
 
     def __init__(self, servers: Iterable[str], *, timeout: float = _TIMEOUT) -> None:
         servers = list(servers)
         self.servers = ",".join(servers)
         self.timeout = timeout
         self._admin = admin_client(servers, client_id="tillflow-backup", timeout=timeout)
-
-    def __enter__(self) -> KafkaLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass  # the AdminClient has no close(); its threads end when it is collected
 
     def _wait(self, futures, what: str):
         try:
@@ -108,21 +102,10 @@ class KafkaLog:
         if not starts:
             return
         request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p, o) for (t, p), o in sorted(starts.items())])
-        answers = self._wait(
-            dict(zip([group], self._admin.alter_consumer_group_offsets([request], request_timeout=self.timeout).values())),
-            f"setting consumer group {group}'s offsets",
-        )
-        refused = [tp for tp in answers[group].topic_partitions if tp.error is not None]
+        (answer,) = self._wait(self._admin.alter_consumer_group_offsets([request], request_timeout=self.timeout),
+                               f"setting consumer group {group}'s offsets").values()
+        refused = [tp for tp in answer.topic_partitions if tp.error is not None]
         if refused:
             tp = refused[0]
             raise PublishError(f"Kafka refused consumer group {group}'s offset for {tp.topic}[{tp.partition}]: "
                                f"{tp.error.str()}")
-
-    def group_offsets(self, group: str, keys: Iterable[Key]) -> dict[Key, int]:
-        """The committed offset of ``group`` per partition (-1001: none committed)."""
-        request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in keys])
-        answers = self._wait(
-            dict(zip([group], self._admin.list_consumer_group_offsets([request], request_timeout=self.timeout).values())),
-            f"reading consumer group {group}'s offsets",
-        )
-        return {(tp.topic, tp.partition): tp.offset for tp in answers[group].topic_partitions}

@@ -40,31 +40,27 @@ def topics(settings: Settings) -> tuple[str, str]:
     return settings.topic_transactions, settings.topic_rejects
 
 
-def lost_lines(plan: replay.Plan) -> list[str]:
-    return [f"  {lost}" for lost in plan.lost]
-
-
 def check(settings: Settings, positions: Mapping[tuple[str, int], int] | None, *, what: str,
           accept_loss: bool) -> replay.Plan:
     """Step 1: what the replay of ``positions`` will take, refused if Kafka lost some of it."""
-    with KafkaLog(settings.kafka_bootstrap_servers) as kafka:
-        plan = replay.plan(positions, kafka.offsets(topics(settings)))
-        if plan.lost and not accept_loss:
-            raise RestoreError(
-                f"Kafka no longer holds {plan.lost_records:,} records written after {what} (retention deleted "
-                f"them): {'; '.join(str(lost) for lost in plan.lost)}. Nothing was changed. Restore a newer "
-                "backup, or add --accept-loss to restore this one without them"
-            )
-        kafka.wait_group_empty(settings.consumer_group, GROUP_WAIT_SECONDS)
+    kafka = KafkaLog(settings.kafka_bootstrap_servers)
+    plan = replay.plan(positions, kafka.offsets(topics(settings)))
+    if plan.lost and not accept_loss:
+        raise RestoreError(
+            f"Kafka no longer holds {plan.lost_records:,} records written after {what} (retention deleted "
+            f"them): {'; '.join(str(lost) for lost in plan.lost)}. Nothing was changed. Restore a newer "
+            "backup, or add --accept-loss to restore this one without them"
+        )
+    kafka.wait_group_empty(settings.consumer_group, GROUP_WAIT_SECONDS)
     return plan
 
 
 def set_offsets(settings: Settings, positions: Mapping[tuple[str, int], int] | None) -> replay.Plan:
     """Step 3: point the writer's consumer group at ``positions`` (what the database holds)."""
-    with KafkaLog(settings.kafka_bootstrap_servers) as kafka:
-        plan = replay.plan(positions, kafka.offsets(topics(settings)))
-        kafka.wait_group_empty(settings.consumer_group, GROUP_WAIT_SECONDS)
-        kafka.set_group_offsets(settings.consumer_group, plan.starts)
+    kafka = KafkaLog(settings.kafka_bootstrap_servers)
+    plan = replay.plan(positions, kafka.offsets(topics(settings)))
+    kafka.wait_group_empty(settings.consumer_group, GROUP_WAIT_SECONDS)
+    kafka.set_group_offsets(settings.consumer_group, plan.starts)
     log.info("consumer group %s set to replay %d records", settings.consumer_group, plan.records)
     return plan
 
@@ -87,7 +83,7 @@ def describe(plan: replay.Plan, group: str) -> list[str]:
     if plan.lost:
         lines.append(f"LOST: Kafka no longer holds {plan.lost_records:,} records written after the backup "
                      "(accepted with --accept-loss):")
-        lines += lost_lines(plan)
+        lines += [f"  {lost}" for lost in plan.lost]
     return lines
 
 
@@ -109,14 +105,14 @@ def retention_warnings(settings: Settings, retention: Mapping[str, int | None],
 
 def check_retention(settings: Settings, interval: datetime.timedelta) -> list[str]:
     """``retention_warnings`` for the cluster as it is."""
-    with KafkaLog(settings.kafka_bootstrap_servers) as kafka:
-        return retention_warnings(settings, kafka.retention_ms(topics(settings)), interval)
+    kafka = KafkaLog(settings.kafka_bootstrap_servers)
+    return retention_warnings(settings, kafka.retention_ms(topics(settings)), interval)
 
 
-def missing_records(settings: Settings, positions: Mapping[tuple[str, int], int] | None) -> dict[str, int | None]:
+def missing_records(settings: Settings, positions: Mapping[tuple[str, int], int] | None,
+                    kafka: KafkaLog) -> dict[str, int | None]:
     """Per topic: records after ``positions`` (the newest backup's) that Kafka no longer holds."""
-    with KafkaLog(settings.kafka_bootstrap_servers) as kafka:
-        logs = kafka.offsets(topics(settings))
+    logs = kafka.offsets(topics(settings))
     return {topic: replay.missing_after(positions, {k: low for k, (low, _) in logs.items() if k[0] == topic})
             for topic in topics(settings)}
 

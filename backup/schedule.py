@@ -31,6 +31,7 @@ from croniter import croniter
 from backup import dump, metrics, recover, verify
 from backup.context import Context
 from backup.errors import BackupError, Cancelled
+from backup.kafka_log import KafkaLog
 from tillflow import reconcile
 from tillflow.config import Settings
 from tillflow.errors import SinkError, TillflowError, first_line
@@ -77,6 +78,8 @@ class Scheduler:
         # Kafka's topics, to check the newest backup plus Kafka still covers
         # everything (None or no servers: not checked).
         self.kafka = kafka if kafka is not None and kafka.kafka_bootstrap_servers else None
+        # One admin connection for the service's life, not one per look at Kafka.
+        self._kafka_log = KafkaLog(self.kafka.kafka_bootstrap_servers) if self.kafka else None
         self._replay_checked = float("-inf")
         self._replay_failing = False
         self.stop = ctx.tools.stop
@@ -155,7 +158,7 @@ class Scheduler:
         backups = self.ctx.store.backups()
         positions = backups[0].manifest.positions if backups else None
         try:
-            missing = recover.missing_records(self.kafka, positions)
+            missing = recover.missing_records(self.kafka, positions, self._kafka_log)
         except TillflowError as exc:
             if not self._replay_failing:
                 log.warning("cannot read Kafka's log starts (retried every %.0fs): %s", _REPLAY_CHECK_EVERY, exc)
