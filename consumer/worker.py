@@ -27,10 +27,10 @@ Kafka is read through librdkafka (confluent-kafka): it fetches, checks and
 unpacks records in C on its own threads (DEVELOPERS.md says what kafka-python
 cost here).
 
-While PostgreSQL is down the worker pauses every assigned partition (it keeps
-polling, so it stays in its group), retries with capped exponential backoff,
-logs once when the outage starts and once when it ends, then resumes with the
-batch it was holding: the backlog waits in Kafka. SIGTERM or SIGINT finishes
+While PostgreSQL is down every assigned partition is paused (the worker keeps
+polling, so it stays in its group) and the write retried with capped
+exponential backoff, then consumption resumes with the batch it was holding:
+the backlog waits in Kafka (``consumer.pausing.OutageGate``). SIGTERM or SIGINT finishes
 the batch in hand, commits, and returns 0.
 """
 from __future__ import annotations
@@ -41,10 +41,11 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from consumer import metrics
 from consumer.cluster import ClusterProbe
+from consumer.pausing import OutageGate
 from consumer.progress import Checkpoint, LagReporter
 from consumer.rows import fast_row, row_of
 from consumer.sink import Batch, IsolatingSink, PostgresSink, Position, SinkUnavailable, WriteResult
@@ -56,8 +57,6 @@ from tillflow.runtime import bulk_mode
 
 log = logging.getLogger("tillflow.consumer")
 
-_BACKOFF_START = 0.5
-_BACKOFF_MAX = 30.0
 _CONSUME_WAIT = 0.1  # seconds one consume() call waits; a batch closes after a wait that brought nothing
 _new_tuple = tuple.__new__  # a Position per record without the NamedTuple's Python-level constructor
 # The writer thread needs the GIL briefly per COPY chunk while this one decodes
@@ -77,9 +76,9 @@ class Worker:
         self.stopping = threading.Event()
         self._consumer: Consumer | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tillflow-writer")
-        self._paused = False  # PostgreSQL is down: every assigned partition stays paused
         self._kafka_error: int | None = None  # the last cluster error logged, so it is logged once
         self.totals = WriteResult()
+        self._gate = OutageGate(self.stopping)  # pauses the partitions while PostgreSQL is down
         self._checkpoint = Checkpoint(settings)
         self._lag = LagReporter(settings)
 
@@ -112,7 +111,7 @@ class Worker:
             "error_cb": self._on_kafka_error,
             "logger": log,
         })
-        consumer.subscribe([s.topic_transactions, s.topic_rejects], on_assign=self._on_assign)
+        consumer.subscribe([s.topic_transactions, s.topic_rejects], on_assign=self._gate.on_assign)
         return consumer
 
     def _on_kafka_error(self, error: KafkaError) -> None:
@@ -124,11 +123,6 @@ class Worker:
         if error.code() != self._kafka_error:
             self._kafka_error = error.code()
             log.warning("Kafka: %s (retrying)", error.str())
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        consumer.assign(partitions)
-        if self._paused and partitions:
-            consumer.pause(partitions)  # handed over during an outage: wait with the rest
 
     # -- the loop ------------------------------------------------------------------
     def run(self, until_idle: float | None = None) -> WriteResult:
@@ -243,62 +237,30 @@ class Worker:
         """Wait for the writer's answer on ``batch`` (waiting out a database outage), then
         commit its offsets; False if stopped before it was written."""
         attempt = future.result  # the first attempt is the writer thread's
-        backoff = _BACKOFF_START
         while True:
             try:
                 result, seconds = attempt()
                 break
             except SinkUnavailable as exc:
-                metrics.DB_ERRORS.inc()
-                if not self._paused:
-                    log.error("PostgreSQL unavailable, pausing consumption and retrying: %s", exc)
-                    self._paused = True
-                    consumer.pause(consumer.assignment())
-                    metrics.DB_UP.set(0)
+                self._gate.failed(consumer, exc)
                 if self.stopping.is_set():
                     # Stopping mid-outage: the batch's offsets stay uncommitted, so
                     # whoever consumes next replays it. Nothing is lost.
                     log.info("stopping while PostgreSQL is unavailable: the held batch will be replayed")
                     return False
-                self._sleep_polling(consumer, backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
                 attempt = lambda: self._timed_write(batch)  # noqa: E731 - the retries run here
-        if self._paused:
-            log.info("PostgreSQL is back: resuming consumption")
-            self._paused = False
-            consumer.resume(consumer.assignment())
-        metrics.DB_UP.set(1)
+        self._gate.succeeded(consumer)
         metrics.WRITE_SECONDS.observe(seconds)
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.INSERTED.inc(result.inserted)
         metrics.DUPLICATES.inc(result.duplicates)
         metrics.CONFLICTS.inc(result.conflicts)
         metrics.REJECTS_STORED.inc(result.rejects)
-        for field in ("inserted", "duplicates", "conflicts", "rejects"):
-            setattr(self.totals, field, getattr(self.totals, field) + getattr(result, field))
+        self.totals.add(result)
         if result.conflicts:
             log.warning("%d conflicting duplicate(s) recorded in ingest.conflicts", result.conflicts)
         self._checkpoint.commit(consumer, offsets)
         return True
-
-    def _sleep_polling(self, consumer: Consumer, seconds: float) -> None:
-        """Wait while keeping group membership: consume() on paused partitions returns nothing.
-
-        Should a record come anyway (a partition handed over between a rebalance
-        and our pause), the partition is rewound to it and paused: the record
-        is read again once PostgreSQL is back, never skipped.
-        """
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.stopping.is_set():
-            messages = consumer.consume(1000, min(0.5, max(0.001, deadline - time.monotonic())))
-            first: dict[tuple[str, int], int] = {}
-            for message in messages:
-                if message.error() is None:
-                    first.setdefault((message.topic(), message.partition()), message.offset())
-            for (topic, partition), offset in first.items():
-                consumer.seek(TopicPartition(topic, partition, offset))
-            if first:
-                consumer.pause(consumer.assignment())
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
