@@ -21,14 +21,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg2
-import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
 from backup.errors import BackupError
 from backup.manifest import Content, DatabaseProperties
 from backup.tools import Server
-from tillflow.errors import first_line
+from tillflow.pg import translated
 
 TABLE = "sales.transactions"
 POSITIONS = "ingest.kafka_positions"
@@ -65,13 +64,6 @@ _PROPERTIES = """
 """
 
 
-def connect(server: Server, dbname: str | None = None, *, error=BackupError):
-    try:
-        return server.connect(dbname)
-    except psycopg2.Error as exc:
-        raise error(f"cannot connect to PostgreSQL at {server.where(dbname)}: {first_line(exc)}") from exc
-
-
 def content(cur) -> Content:
     """Row count and content checksum of ``sales.transactions``, in the cursor's transaction."""
     for statement in _TEXT_SETTINGS:
@@ -83,13 +75,12 @@ def content(cur) -> Content:
 
 def read_now(server: Server, dbname: str, read: Callable, what: str, *, error=BackupError):
     """``read(cursor)`` in ``dbname`` as it is now, in a read-only transaction."""
-    conn = connect(server, dbname, error=error)
+    conn = server.connect(dbname, error=error)
     try:
-        conn.set_session(readonly=True)
-        with conn.cursor() as cur:
-            return read(cur)
-    except psycopg2.Error as exc:
-        raise error(f"{what} in {server.where(dbname)} failed: {first_line(exc)}") from exc
+        with translated(error, f"{what} in {server.where(dbname)} failed"):
+            conn.set_session(readonly=True)
+            with conn.cursor() as cur:
+                return read(cur)
     finally:
         conn.close()
 
@@ -135,11 +126,8 @@ class Snapshot:
     def content(self) -> Content:
         """Count and checksum ``sales.transactions`` in the snapshot. The session is
         otherwise idle, so this runs while pg_dump dumps the same snapshot."""
-        try:
-            with self.connection.cursor() as cur:
-                return content(cur)
-        except psycopg2.Error as exc:
-            raise BackupError(f"checksumming {TABLE} failed: {first_line(exc)}") from exc
+        with translated(BackupError, f"checksumming {TABLE} failed"), self.connection.cursor() as cur:
+            return content(cur)
 
     def cancel(self) -> None:
         """Stop a running ``content()`` (from another thread)."""
@@ -155,23 +143,23 @@ def snapshot(server: Server) -> Iterator[Snapshot]:
     pg_dump started inside the block with ``--snapshot=<id>`` dumps exactly the
     rows ``Snapshot.content()`` counts, whatever is written meanwhile.
     """
-    conn = connect(server)
+    conn = server.connect()
     try:
-        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_catalog.pg_export_snapshot(), current_setting('server_version'),"
-                " current_setting('server_version_num')::int, current_user, to_regclass(%s) IS NOT NULL",
-                (TABLE,),
-            )
-            snap_id, version, version_num, user, migrated = cur.fetchone()
-            if not migrated:
-                conn.close()
-                raise BackupError(f"{server.where()} has no {TABLE}: is it a migrated Tillflow database?")
-            facts = Snapshot(snap_id, version, version_num, user, properties(cur), positions(cur), conn)
-    except psycopg2.Error as exc:
+        with translated(BackupError, f"reading {server.where()} failed"):
+            conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_catalog.pg_export_snapshot(), current_setting('server_version'),"
+                    " current_setting('server_version_num')::int, current_user, to_regclass(%s) IS NOT NULL",
+                    (TABLE,),
+                )
+                snap_id, version, version_num, user, migrated = cur.fetchone()
+                if not migrated:
+                    raise BackupError(f"{server.where()} has no {TABLE}: is it a migrated Tillflow database?")
+                facts = Snapshot(snap_id, version, version_num, user, properties(cur), positions(cur), conn)
+    except BaseException:
         conn.close()
-        raise BackupError(f"reading {server.where()} failed: {first_line(exc)}") from exc
+        raise
     try:
         yield facts
     finally:

@@ -49,6 +49,7 @@ from backup.store import NAME, Backup, reading
 from backup.tools import Server
 from backup.verify import compare, quick
 from tillflow.errors import first_line
+from tillflow.pg import translated
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,8 @@ def _name(base: str, suffix: str) -> str:
 def restore(ctx: Context, backup: Backup, *, target: str | None = None, replace: bool = False) -> RestoreResult:
     """Restore ``backup`` into a new database, or over the live one with ``replace``."""
     try:
-        return _restore(ctx, backup, target, replace)
-    except psycopg2.Error as exc:
-        raise RestoreError(f"restoring {backup.name} failed: {first_line(exc)}") from exc
+        with translated(RestoreError, f"restoring {backup.name} failed"):
+            return _restore(ctx, backup, target, replace)
     except OSError as exc:
         raise RestoreError(f"restoring {backup.name} failed: {exc.strerror or exc}") from exc
 
@@ -162,7 +162,7 @@ def _admin(server: Server, *, avoid: str):
         if dbname == avoid:
             continue
         try:
-            conn = database.connect(server, dbname, error=RestoreError)
+            conn = server.connect(dbname, error=RestoreError)
         except RestoreError as exc:
             last = exc
             continue
@@ -205,11 +205,8 @@ def _restore_roles(ctx: Context, server: Server, admin, backup: Backup) -> list[
 
 def _restore_database(ctx: Context, server: Server, admin, backup: Backup, target: str):
     manifest = backup.manifest
-    with admin.cursor() as cur:
-        try:
-            database.create_database(cur, target, manifest.database)
-        except psycopg2.Error as exc:
-            raise RestoreError(f"creating database {target} failed: {first_line(exc)}") from exc
+    with translated(RestoreError, f"creating database {target} failed"), admin.cursor() as cur:
+        database.create_database(cur, target, manifest.database)
     with reading(backup.dump_path):
         ctx.tools.run(
             "pg_restore",
@@ -224,7 +221,7 @@ def _restore_database(ctx: Context, server: Server, admin, backup: Backup, targe
         compare(manifest, found.rows, found.checksum, where=f"the restored database {target}")
     except VerifyError as exc:
         raise RestoreError(str(exc)) from exc
-    conn = database.connect(server, target, error=RestoreError)
+    conn = server.connect(target, error=RestoreError)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:

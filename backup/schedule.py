@@ -25,7 +25,6 @@ import datetime
 import logging
 import time
 
-import psycopg2
 from croniter import croniter
 
 from backup import dump, metrics, recover, verify
@@ -34,7 +33,7 @@ from backup.errors import BackupError, Cancelled
 from backup.kafka_log import KafkaLog
 from tillflow import reconcile
 from tillflow.config import Settings
-from tillflow.errors import SinkError, TillflowError, first_line
+from tillflow.errors import SinkError, TillflowError
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +196,7 @@ class Scheduler:
         started = time.monotonic()
         try:
             server = self.ctx.need_server()
-            try:
-                conn = server.connect(application="tillflow-reconcile")
-            except psycopg2.Error as exc:
-                raise SinkError(f"cannot connect to PostgreSQL at {server.where()} to reconcile: "
-                                f"{first_line(exc)}") from exc
+            conn = server.connect(application="tillflow-reconcile", purpose="to reconcile", error=SinkError)
             try:
                 result = reconcile.run(conn)
             finally:

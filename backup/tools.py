@@ -23,6 +23,8 @@ import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from backup.errors import BackupError, Cancelled
+from tillflow import pg
+from tillflow.errors import TillflowError
 
 PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 _POLL_SECONDS = 0.5
@@ -78,15 +80,16 @@ class Server:
         """A conninfo string without the password (safe in argv and in messages)."""
         return make_dsn(**{**self.params, "dbname": dbname or self.dbname, "application_name": application})
 
-    def connect(self, dbname: str | None = None, *, application: str = "tillflow-backup"):
-        """A psycopg2 connection to ``dbname`` (default: the URL's)."""
+    def connect(self, dbname: str | None = None, *, application: str = "tillflow-backup", purpose: str = "",
+                error: type[TillflowError] = BackupError):
+        """A psycopg2 connection to ``dbname`` (default: the URL's), or ``error`` saying where and why not."""
         extra = {"password": self.password} if self.password else {}
-        return psycopg2.connect(self.conninfo(dbname, application=application), **extra)
+        return pg.connect(self.conninfo(dbname, application=application), application, error=error,
+                          purpose=purpose, timeout=None, **extra)
 
     def where(self, dbname: str | None = None) -> str:
         """host:port/dbname as user, for messages."""
-        place = f"{self.params.get('host', 'localhost')}:{self.params.get('port', '5432')}/{dbname or self.dbname}"
-        return f"{place} as {self.user}" if self.user else place
+        return pg.where(self.conninfo(dbname))
 
     def child_env(self) -> dict[str, str]:
         env = {"LC_ALL": "C.UTF-8", "PGCLIENTENCODING": "UTF8"}

@@ -42,6 +42,7 @@ from backup.store import Backup, Store, reading, sha256_of
 from backup.tools import Server, Tools
 from tillflow import reconcile
 from tillflow.errors import SinkError, first_line
+from tillflow.pg import translated
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +95,15 @@ def full_check(backup: Backup, tools: Tools, server: Server, *, jobs: int) -> st
     quick(backup, tools)
     manifest = backup.manifest
     scratch = f"{SCRATCH_PREFIX}{secrets.token_hex(4)}"
-    admin = database.connect(server)
+    admin = server.connect()
     admin.autocommit = True
     try:
-        try:
-            with admin.cursor() as cur:
-                _drop_stale_scratch(cur)
-                database.create_database(cur, scratch, manifest.database)
-        except psycopg2.errors.InsufficientPrivilege as exc:
-            raise BackupError(
-                f"full verification restores into a scratch database, but role {server.user} may not create "
-                f"one: run `tillflow migrate` (migration 0007 gives tillflow_backup CREATEDB)"
-            ) from exc
-        except psycopg2.Error as exc:
-            raise BackupError(f"creating scratch database {scratch} failed: {first_line(exc)}") from exc
+        with translated(BackupError, f"creating scratch database {scratch} failed",
+                        denied=f"full verification restores into a scratch database, but role {server.user} may "
+                               "not create one: run `tillflow migrate` (migration 0007 gives tillflow_backup "
+                               "CREATEDB)"), admin.cursor() as cur:
+            _drop_stale_scratch(cur)
+            database.create_database(cur, scratch, manifest.database)
         try:
             with reading(backup.dump_path):
                 tools.run(
@@ -145,15 +141,12 @@ def compare(manifest: Manifest, rows: int, checksum: str, *, where: str) -> None
 
 def check_rollups(server: Server, dbname: str) -> str:
     """Reconcile the rollups of ``dbname`` with its rows; raise VerifyError if any value differs."""
-    conn = database.connect(server, dbname)
+    conn = server.connect(dbname)
     try:
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT to_regclass('sales.daily_store_totals') IS NOT NULL")
-                (present,) = cur.fetchone()
-            conn.rollback()
-        except psycopg2.Error as exc:
-            raise BackupError(f"reading {server.where(dbname)} failed: {first_line(exc)}") from exc
+        with translated(BackupError, f"reading {server.where(dbname)} failed"), conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('sales.daily_store_totals') IS NOT NULL")
+            (present,) = cur.fetchone()
+        conn.rollback()
         if not present:
             return "no rollups to reconcile (taken before migration 0009)"
         try:

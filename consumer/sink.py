@@ -49,6 +49,7 @@ import psycopg2.extras
 
 from consumer.rows import COLUMNS as ROW_COLUMNS
 from consumer.rows import NULL, TransactionRow, copy_text, plain_text
+from tillflow import pg
 from tillflow.errors import SinkError, first_line
 from tillflow.messages import RejectMessage
 from tillflow.record import Origin, Reason
@@ -126,6 +127,12 @@ class WriteResult:
     conflicts: int = 0
     rejects: int = 0
 
+    def add(self, other: WriteResult) -> None:
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
+        self.rejects += other.rejects
+
 
 def _content(key: bytes, content: Sequence[bytes]) -> dict[str, object]:
     """A version of a transaction as the JSON ``ingest.conflicts`` keeps."""
@@ -192,27 +199,13 @@ class PostgresSink:
     # -- connection ----------------------------------------------------------
     def _connection(self):
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg2.connect(self._url, connect_timeout=5, application_name="tillflow-consumer")
-            except psycopg2.OperationalError as exc:
-                raise SinkUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from exc
+            self._conn = pg.connect(self._url, "tillflow-consumer", error=SinkUnavailable, timeout=5)
         return self._conn
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
         self._conn = None
-
-    def check(self) -> None:
-        """Raise SinkUnavailable unless PostgreSQL answers a trivial query."""
-        try:
-            conn = self._connection()
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            conn.rollback()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self.close()
-            raise SinkUnavailable(f"PostgreSQL is unavailable: {first_line(exc)}") from exc
 
     # -- writing ---------------------------------------------------------------
     def write(self, batch: Batch) -> WriteResult:
@@ -350,11 +343,11 @@ class IsolatingSink(PostgresSink):
                 raise
             except SinkError as exc:
                 result = super().write(Batch(rejects=[(_refused(row, pos, exc), pos)]))
-            _add(total, result)
+            total.add(result)
         # The positions go with the last write: were this process to die before
         # it, they stay where the last whole batch left them, and the records
         # above are replayed rather than skipped by a restore.
-        _add(total, super().write(Batch(rejects=batch.rejects, positions=batch.positions)))
+        total.add(super().write(Batch(rejects=batch.rejects, positions=batch.positions)))
         return total
 
 
@@ -381,10 +374,3 @@ def _refused(row: TransactionRow, pos: Position, exc: SinkError) -> RejectMessag
         reasons=(Reason("row", "database_refused", f"PostgreSQL refused the record at {where}: {exc}"),),
         origin=Origin(plain_text(row.source) or "kafka", plain_text(row.source_ref), _line(row)),
     )
-
-
-def _add(total: WriteResult, result: WriteResult) -> None:
-    total.inserted += result.inserted
-    total.duplicates += result.duplicates
-    total.conflicts += result.conflicts
-    total.rejects += result.rejects

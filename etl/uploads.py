@@ -13,9 +13,8 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-import psycopg2
-
-from tillflow.errors import InputError, SinkError, first_line
+from etl.database import Database
+from tillflow.errors import InputError
 
 _CHUNK = 1024 * 1024
 
@@ -38,17 +37,7 @@ class UploadLedger:
     """Records loads in ``ingest.uploads`` as the writer role."""
 
     def __init__(self, database_url: str) -> None:
-        self._url = database_url
-        self._conn = None
-
-    def _cursor(self):
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg2.connect(self._url, connect_timeout=10, application_name="tillflow-etl")
-            except psycopg2.OperationalError as exc:
-                raise SinkError(f"cannot record the upload: PostgreSQL is unreachable ({first_line(exc)})") from exc
-            self._conn.autocommit = True
-        return self._conn.cursor()
+        self._db = Database(database_url, max_connections=1, application="tillflow-etl")
 
     def start(self, *, file_name: str, sha256: str, size: int, source: str, store_id: str,
               upload_id: uuid.UUID | None = None) -> uuid.UUID:
@@ -74,25 +63,11 @@ class UploadLedger:
 
     def published(self, sha256: str) -> bool:
         """True if a file with this checksum was already published completely."""
-        with self._cursor() as cur:
-            try:
-                cur.execute("SELECT 1 FROM ingest.uploads WHERE sha256 = %s AND status = 'published' LIMIT 1",
-                            (sha256,))
-                return cur.fetchone() is not None
-            except psycopg2.Error as exc:
-                raise SinkError(f"cannot read ingest.uploads: {first_line(exc)}") from exc
+        return bool(self._db.run("SELECT 1 FROM ingest.uploads WHERE sha256 = %s AND status = 'published' LIMIT 1",
+                                 (sha256,), doing="cannot read ingest.uploads"))
 
     def _execute(self, query: str, params: tuple) -> None:
-        try:
-            with self._cursor() as cur:
-                cur.execute(query, params)
-        except psycopg2.OperationalError as exc:
-            self.close()
-            raise SinkError(f"cannot record the upload: {first_line(exc)}") from exc
-        except psycopg2.Error as exc:
-            raise SinkError(f"cannot record the upload: {first_line(exc)}") from exc
+        self._db.run(query, params, doing="cannot record the upload")
 
     def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        self._db.close()

@@ -11,7 +11,6 @@ import argparse
 import datetime
 import logging
 import sys
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from pathlib import Path
 

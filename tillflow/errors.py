@@ -1,7 +1,10 @@
 """Tillflow's exceptions.
 
-Errors of the libraries underneath (psycopg2, kafka-python, sqlite3, OS) are
-translated at one boundary into these, keeping the cause. The CLI prints
+Errors of the libraries underneath are translated into these, keeping the
+cause, at one boundary: psycopg2's in ``tillflow.pg`` (every package connects
+and runs its statements through it), confluent-kafka's where each package
+produces or administers (``etl.api.publish``, ``tillflow.kafka_admin``), sqlite3's
+and the file system's in the source that reads them. The CLI prints
 ``str(error)`` as one line and exits non-zero; a user never sees a traceback
 for bad input or an unreachable service.
 

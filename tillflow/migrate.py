@@ -45,8 +45,9 @@ from typing import TextIO, TypeVar
 import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
-from psycopg2.extensions import encrypt_password, parse_dsn
+from psycopg2.extensions import encrypt_password
 
+from tillflow import pg
 from tillflow.config import Settings
 from tillflow.errors import ConfigError, MigrationError, first_line
 
@@ -193,10 +194,7 @@ def cli_migrate(settings: Settings, status_only: bool = False, *, out: TextIO | 
 
 
 def _connect(database_url: str) -> Connection:
-    try:
-        return psycopg2.connect(database_url, application_name="tillflow-migrate")
-    except psycopg2.Error as exc:
-        raise MigrationError(f"cannot connect to PostgreSQL at {_where(database_url)}: {first_line(exc, detail=True)}") from exc
+    return pg.connect(database_url, "tillflow-migrate", error=MigrationError, timeout=None)
 
 
 def _run(conn: Connection, what: str, step: Callable[..., T], *, source: str | None = None) -> T:
@@ -329,13 +327,3 @@ def _line(exc: psycopg2.Error, source: str | None) -> str:
     if not source or not position or not position.isdigit():
         return ""
     return f" at line {source[: int(position) - 1].count(chr(10)) + 1}"
-
-
-def _where(database_url: str) -> str:
-    """host:port/dbname as user, without the password."""
-    try:
-        dsn = parse_dsn(database_url)
-    except psycopg2.Error:
-        return "an unparsable DATABASE_URL"
-    place = f"{dsn.get('host', 'localhost')}:{dsn.get('port', '5432')}/{dsn.get('dbname', '')}"
-    return f"{place} as {dsn['user']}" if dsn.get("user") else place

@@ -69,11 +69,12 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 import psycopg2
-import psycopg2.errors
 import psycopg2.extensions
 
 from tillflow.config import Settings
-from tillflow.errors import ConfigError, InputError, SinkError, first_line
+from tillflow import pg
+from tillflow.errors import ConfigError, InputError, SinkError
+from tillflow.pg import translated
 
 FORMATS = ("text", "json")
 DEFAULT_SETTLE_SECONDS = 600.0
@@ -408,8 +409,10 @@ def run(
     autocommit = conn.autocommit
     conn.autocommit = False  # the snapshot needs a transaction; restored below
     step = "reading sales and ingest"
+    denied = ("run tillflow reconcile as tillflow_backup (it reads everything) or the owner; tillflow_reader sees "
+              "only the analytics views")
     try:
-        with conn.cursor() as cur:
+        with translated(SinkError, lambda: f"{step} failed", denied=denied), conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cur.execute("SELECT now(), " + ", ".join(f"to_regclass('{name}')" for name in _NEEDED))
             snapshot_at, *present = cur.fetchone()
@@ -438,13 +441,6 @@ def run(
                 pending = tuple(PendingFile(source, name, _utc(since), _utc(last))
                                 for source, name, since, last in cur.fetchall())
                 file_check = _file_check(rows, pending, limit)
-    except psycopg2.errors.InsufficientPrivilege as exc:
-        raise SinkError(
-            f"{step} failed: {first_line(exc)}: run tillflow reconcile as tillflow_backup (it reads everything) "
-            "or the owner; tillflow_reader sees only the analytics views"
-        ) from exc
-    except psycopg2.Error as exc:
-        raise SinkError(f"{step} failed: {first_line(exc)}") from exc
     finally:
         if not conn.closed:
             try:
@@ -496,10 +492,7 @@ def _file_check(rows: list[dict], pending: tuple[PendingFile, ...], limit: int) 
 
 
 def connect(url: str):
-    try:
-        return psycopg2.connect(url, connect_timeout=10, application_name="tillflow-reconcile")
-    except psycopg2.Error as exc:
-        raise SinkError(f"cannot connect to PostgreSQL to reconcile: {first_line(exc)}") from exc
+    return pg.connect(url, "tillflow-reconcile", purpose="to reconcile")
 
 
 # -- rendering -------------------------------------------------------------------

@@ -43,12 +43,12 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, TextIO
 
-import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import STATUS_READY
 
 from tillflow.config import Settings
-from tillflow.errors import ConfigError, SinkError, first_line
+from tillflow.errors import ConfigError, SinkError
+from tillflow.pg import connect, translated
 
 FORMATS = ("table", "csv", "json")
 _CENT = Decimal("0.01")
@@ -114,10 +114,8 @@ def build_report(conn, product: str | None) -> dict[str, Any]:
                     query += sql.SQL(" WHERE name = %s")  # pushed below the view's window: one product's rows
                     params = (product,)
                 query += sql.SQL(" ORDER BY ") + sql.SQL(order_by)
-                try:
+                with translated(SinkError, f"reading analytics.{view} failed"):
                     cur.execute(query, params)
-                except psycopg2.Error as exc:
-                    raise SinkError(f"reading analytics.{view} failed: {first_line(exc)}") from exc
                 names = [name for name, _ in columns]
                 report[view] = [dict(zip(names, row)) for row in cur.fetchall()]
     finally:
@@ -143,10 +141,7 @@ def cli_report(settings: Settings, product: str | None, fmt: str, *, out: TextIO
     """``tillflow report``: connect with DATABASE_URL (the reader role), print the report."""
     if not settings.database_url:
         raise ConfigError("DATABASE_URL is not set: give a libpq URL for the tillflow_reader role")
-    try:
-        conn = psycopg2.connect(settings.database_url, application_name="tillflow-report")
-    except psycopg2.Error as exc:
-        raise SinkError(f"cannot connect to PostgreSQL for the report: {first_line(exc)}") from exc
+    conn = connect(settings.database_url, "tillflow-report", purpose="for the report", timeout=None)
     try:
         text = render(build_report(conn, product), fmt)
     finally:
@@ -162,12 +157,8 @@ def _begin_snapshot(conn) -> bool:
     """Start a read-only repeatable-read transaction unless the caller has one open."""
     if conn.status != STATUS_READY:
         return False  # inside the caller's transaction: read in it
-    with conn.cursor() as cur:
-        try:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        except psycopg2.Error as exc:
-            conn.rollback()
-            raise SinkError(f"starting the report's read-only transaction failed: {first_line(exc)}") from exc
+    with conn.cursor() as cur, translated(SinkError, "starting the report's read-only transaction failed"):
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
     return True
 
 

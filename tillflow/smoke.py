@@ -55,7 +55,7 @@ import yaml
 
 from tillflow.alerting import NULL_RECEIVER
 from tillflow.config import Settings
-from tillflow.errors import ConfigError, TillflowError, first_line
+from tillflow.errors import ConfigError, TillflowError
 
 RETRY_SECONDS = 2.0
 HTTP_TIMEOUT = 5.0
@@ -123,18 +123,13 @@ def gauge(metrics_text: str, name: str) -> float | None:
 
 # ---------------------------------------------------------------- checks
 def check_postgres(settings: Settings) -> str:
-    import psycopg2
+    from tillflow.pg import connect, translated
 
+    conn = connect(settings.database_url, "tillflow-smoke", error=SmokeFailure, timeout=5)
     try:
-        conn = psycopg2.connect(settings.database_url, connect_timeout=5, application_name="tillflow-smoke")
-    except psycopg2.Error as exc:
-        raise SmokeFailure(f"cannot connect ({first_line(exc)})") from exc
-    try:
-        with conn.cursor() as cur:
+        with translated(SmokeFailure, "cannot query"), conn.cursor() as cur:
             cur.execute("SELECT to_regclass('sales.transactions') IS NOT NULL, current_user")
             migrated, user = cur.fetchone()
-    except psycopg2.Error as exc:
-        raise SmokeFailure(f"cannot query ({first_line(exc)})") from exc
     finally:
         conn.close()
     if not migrated:
@@ -284,22 +279,19 @@ class Canary:
         return f"posted {self.record['id']}"
 
     def stored(self) -> str:
-        import psycopg2
+        from tillflow.pg import connect, translated
 
+        conn = connect(self.settings.database_url, "tillflow-smoke", error=SmokeFailure, timeout=5)
         try:
-            conn = psycopg2.connect(self.settings.database_url, connect_timeout=5, application_name="tillflow-smoke")
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(
-                        "SELECT t.store_id, EXISTS (SELECT 1 FROM sales.synthetic_stores AS s"
-                        " WHERE s.store_id = t.store_id) FROM sales.transactions AS t WHERE t.id = %s",
-                        (self.record["id"],),
-                    )
-                    row = cur.fetchone()
-            finally:
-                conn.close()
-        except psycopg2.Error as exc:
-            raise SmokeFailure(f"cannot look for it in PostgreSQL ({first_line(exc)})") from exc
+            with translated(SmokeFailure, "cannot look for it in PostgreSQL"), conn.cursor() as cur:
+                cur.execute(
+                    "SELECT t.store_id, EXISTS (SELECT 1 FROM sales.synthetic_stores AS s"
+                    " WHERE s.store_id = t.store_id) FROM sales.transactions AS t WHERE t.id = %s",
+                    (self.record["id"],),
+                )
+                row = cur.fetchone()
+        finally:
+            conn.close()
         if row is None:
             raise SmokeFailure(f"{self.record['id']} was accepted by the API but is not in sales.transactions "
                                "(is the consumer writing?)")

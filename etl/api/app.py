@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from etl.api import errors, metrics, routes, stream, upload
 from etl.api.auth import Authenticator
-from etl.api.database import Database
+from etl.database import Database
 from etl.api.publish import AsyncPublisher
 from etl.api.transactions import PATH, Transactions
 from tillflow.config import Settings

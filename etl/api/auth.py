@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from etl.api import metrics, tokens
-from etl.api.database import Database
+from etl.database import Database
 from etl.api.errors import Unauthorized, Unavailable
 from tillflow.errors import SinkError
 

@@ -22,9 +22,8 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-import psycopg2
-
-from tillflow.errors import InputError, SinkError, first_line
+from etl.database import Database
+from tillflow.errors import InputError
 from tillflow.record import check_store_id
 
 PREFIX = "tillflow_"
@@ -67,30 +66,15 @@ class TokenInfo:
     last_used_at: datetime.datetime | None
 
 
-def _connect(url: str):
-    try:
-        conn = psycopg2.connect(url, connect_timeout=10, application_name="tillflow-token")
-    except psycopg2.OperationalError as exc:
-        raise SinkError(f"cannot reach PostgreSQL: {first_line(exc)}") from exc
-    conn.autocommit = True
-    return conn
-
-
 def _run(url: str, query: str, params: tuple = ()) -> list[tuple]:
-    conn = _connect(url)
+    db = Database(url, max_connections=1, application="tillflow-token")
     try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    except psycopg2.errors.InsufficientPrivilege as exc:
-        raise SinkError("DATABASE_URL's role may not manage API tokens: connect as tillflow_owner"
-                        " (with `make local`: source .local/env)") from exc
-    except psycopg2.errors.UndefinedTable as exc:
-        raise SinkError("api.tokens does not exist: run `tillflow migrate` first") from exc
-    except psycopg2.Error as exc:
-        raise SinkError(f"cannot manage API tokens: {first_line(exc)}") from exc
+        return db.run(query, params, doing="cannot manage API tokens",
+                      denied="DATABASE_URL's role may not manage API tokens: connect as tillflow_owner"
+                             " (with `make local`: source .local/env)",
+                      missing="api.tokens does not exist: run `tillflow migrate` first")
     finally:
-        conn.close()
+        db.close()
 
 
 def create(url: str, store_id: str, name: str = "") -> str:

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 
 from etl.api import metrics
 from etl.api.auth import Principal
-from etl.api.database import Database
+from etl.database import Database
 from etl.api.errors import NotFound, Unavailable, Unprocessable
 from etl.api.publish import AsyncPublisher, KafkaUnavailable
 from etl.api.routes import principal

@@ -154,7 +154,7 @@ def read_csv_stream(
                     origin = at_line(start)
                     result = accept_canonical(
                         row[0], None, row[1], row[2], row[3], row[4], row[5], None,
-                        origin, tax_rate, default_date, store_id,
+                        origin=origin, tax_rate=tax_rate, default_date=default_date, default_store=store_id,
                     ) or validate_full(
                         dict(zip(FIELDS, row)), origin=origin, tax_rate=tax_rate,
                         default_date=default_date, default_store=store_id,

@@ -75,7 +75,7 @@ def read_sqlite(
                 chunk.append(
                     accept_canonical(
                         id_, date, category, name, quantity, excl, inc, None,
-                        origin, tax_rate, None, store_id,
+                        origin=origin, tax_rate=tax_rate, default_date=None, default_store=store_id,
                     )
                     or validate_full(
                         dict(zip(COLUMNS, (id_, date, category, name, quantity, excl, inc))),

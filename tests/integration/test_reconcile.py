@@ -268,7 +268,8 @@ def test_errors_are_one_line_and_exit_1(migrated_db):
     down = tillflow(migrated_db, url="postgresql://tillflow_backup@127.0.0.1:1/nowhere")
     assert down.returncode == 1 and down.stdout == ""
     assert down.stderr.splitlines() == [down.stderr.strip()]
-    assert down.stderr.startswith("tillflow reconcile: cannot connect to PostgreSQL to reconcile:")
+    assert down.stderr.startswith("tillflow reconcile: cannot connect to PostgreSQL at 127.0.0.1:1/nowhere as "
+                                  "tillflow_backup to reconcile:")
 
     bare = tillflow(migrated_db, url=migrated_db.server.url())  # the server's own database: not migrated
     assert bare.returncode == 1 and len(bare.stderr.splitlines()) == 1

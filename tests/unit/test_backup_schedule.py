@@ -188,7 +188,7 @@ def test_a_reconciliation_exports_what_it_found_and_a_failed_one_says_so(tmp_pat
     server = Server.from_url("postgresql://tillflow_backup@db:5432/tillflow")
     ctx = Context(Store(tmp_path), server, Tools(tmp_path, stop=fake), clock=fake.clock)
     conn = _Connection()
-    monkeypatch.setattr(Server, "connect", lambda self, dbname=None, application="": conn)
+    monkeypatch.setattr(Server, "connect", lambda self, dbname=None, **_: conn)
     monkeypatch.setattr(schedule.reconcile, "run", lambda connection: reconciled(rollups=3, files=1, pending=2))
     scheduler = schedule.Scheduler(ctx, "0 */6 * * *", "30 3 * * *", "15 * * * *")
     value = REGISTRY.get_sample_value

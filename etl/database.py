@@ -1,15 +1,18 @@
-"""PostgreSQL for the API: a few short queries, run on worker threads.
+"""PostgreSQL for the sources: a few short queries (the API runs them on worker threads).
 
-The API needs the database only to look tokens up (then cached, see ``auth``),
-to record uploads and to read them back: it keeps publishing to Kafka for
-known tokens while PostgreSQL is down. Connections are opened on first use
+The sources need the database only to look tokens up (the API caches them, see
+``etl.api.auth``), to record uploads and to read them back (``etl.uploads``)
+and to manage tokens (``etl.api.tokens``): the API keeps publishing to Kafka
+for known tokens while PostgreSQL is down. This is the package's one boundary
+with psycopg2: its errors become ``SinkError`` here (``tillflow.pg``). Connections are opened on first use
 (the API starts even when the database does not answer) and kept open between
 queries, at most one per worker thread: opening one costs a SCRAM handshake,
 milliseconds of CPU on both sides, far more than the query. A connection that
 fails is dropped; a query that fails on a connection kept from before (the
 server restarted meanwhile) is tried once more on a fresh one, which is safe
-for the API's queries (a read, or setting ``last_used_at``). Every failure is
-a ``SinkError`` whose message holds no password.
+for the sources' queries (a read, setting ``last_used_at``, or a statement
+that failed before it reached the server). Every failure is a ``SinkError``
+whose message holds no password.
 """
 from __future__ import annotations
 
@@ -20,27 +23,23 @@ from functools import partial
 
 import psycopg2
 
-from tillflow.errors import SinkError, first_line
+from tillflow.errors import SinkError
+from tillflow.pg import UNAVAILABLE, connect, translated
 
 _MAX_CONNECTIONS = 4
-_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 class Database:
-    def __init__(self, url: str, *, max_connections: int = _MAX_CONNECTIONS) -> None:
+    def __init__(self, url: str, *, max_connections: int = _MAX_CONNECTIONS, application: str = "tillflow-api") -> None:
         self._url = url
+        self._application = application
         self._idle: list = []  # open connections between queries; at most one per worker thread
         self._lock = threading.Lock()
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="tillflow-db")
 
     def _connect(self):
-        try:
-            conn = psycopg2.connect(self._url, connect_timeout=5, application_name="tillflow-api")
-        except psycopg2.Error as exc:
-            raise SinkError(f"PostgreSQL is unreachable: {first_line(exc)}") from exc
-        conn.autocommit = True
-        return conn
+        return connect(self._url, self._application, timeout=5, autocommit=True)
 
     def _get(self) -> tuple[object, bool]:
         """A connection, and whether it was kept from an earlier query."""
@@ -62,18 +61,22 @@ class Database:
         except psycopg2.Error:
             pass
 
-    def run(self, query: str, params: tuple = ()) -> list[tuple]:
-        """Run one statement (autocommit); its rows, or [] when it returns none."""
+    def run(self, query: str, params: tuple = (), *, doing: str = "PostgreSQL refused a query",
+            denied: str | None = None, missing: str | None = None) -> list[tuple]:
+        """Run one statement (autocommit); its rows, or [] when it returns none.
+
+        A failure is a ``SinkError`` saying ``doing``, then ``denied`` or
+        ``missing`` for a role without the privilege or a schema not migrated.
+        """
         conn, kept = self._get()
-        try:
-            return self._once(conn, query, params)
-        except _LOST as exc:
-            if not kept:
-                raise SinkError(f"PostgreSQL is unreachable: {first_line(exc)}") from exc
-        try:  # the kept connection was dead (PostgreSQL restarted): once more on a fresh one
+        with translated(SinkError, doing, denied=denied, missing=missing):
+            try:
+                return self._once(conn, query, params)
+            except UNAVAILABLE:
+                if not kept:
+                    raise
+            # The kept connection was dead (PostgreSQL restarted): once more on a fresh one.
             return self._once(self._connect(), query, params)
-        except _LOST as exc:
-            raise SinkError(f"PostgreSQL is unreachable: {first_line(exc)}") from exc
 
     def _once(self, conn, query: str, params: tuple) -> list[tuple]:
         broken = False
@@ -81,11 +84,9 @@ class Database:
             with conn.cursor() as cur:
                 cur.execute(query, params)
                 return cur.fetchall() if cur.description else []
-        except _LOST:
+        except UNAVAILABLE:
             broken = True
             raise
-        except psycopg2.Error as exc:
-            raise SinkError(f"PostgreSQL refused a query: {first_line(exc)}") from exc
         finally:
             self._put(conn, broken)
 
