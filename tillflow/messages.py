@@ -207,7 +207,8 @@ def _transaction(doc: dict, origin: Origin) -> Transaction:
         # What encode_transaction writes is canonical: the record's fast path takes it.
         tx = accept_canonical(
             get("id"), get("transaction_date"), get("category"), get("name"), quantity,
-            get("amount_excl_tax"), get("amount_inc_tax"), get("store_id"), origin, None, None, "",
+            get("amount_excl_tax"), get("amount_inc_tax"), get("store_id"),
+            origin=origin, tax_rate=None, default_date=None, default_store="",
         )
         if tx is not None:
             return tx

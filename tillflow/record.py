@@ -232,7 +232,7 @@ def validate(
         tx = accept_canonical(
             get("id"), get("transaction_date"), get("category"), get("name"), get("quantity"),
             get("amount_excl_tax"), get("amount_inc_tax"), get("store_id"),
-            origin, tax_rate, default_date, default_store,
+            origin=origin, tax_rate=tax_rate, default_date=default_date, default_store=default_store,
         )
         if tx is not None:
             return tx
@@ -274,11 +274,15 @@ def canonical_store(store) -> bool:
 
 
 def accept_canonical(
-    id_, transaction_date, category, name, quantity, amount_excl_tax, amount_inc_tax, store_id,
-    origin, tax_rate, default_date, default_store, /,
+    id_, transaction_date, category, name, quantity, amount_excl_tax, amount_inc_tax, store_id, /, *,
+    origin, tax_rate, default_date, default_store,
 ) -> Transaction | None:
-    """validate()'s fast path, on positional values: a Transaction if the row is valid
-    and in canonical form, else None, and then validate_full() gives the verdict.
+    """validate()'s fast path: a Transaction if the row is valid and in canonical form,
+    else None, and then validate_full() gives the verdict.
+
+    The row's eight values come positionally, in ``FIELDS`` order (a source
+    has them as a tuple, and this runs once per row); the file's context by
+    name: as in ``validate``, ``tax_rate`` None means "do not check the tax".
 
     Canonical: a hyphenated UUID; ``YYYY-MM-DD`` or a date; ``SELL``/``BUY``; a
     printable, trimmed, NFC name; quantity as digits or an int; amounts as

@@ -541,7 +541,8 @@ def near_canonical_rows(draw) -> dict:
 @settings(max_examples=1000, deadline=None)
 @given(near_canonical_rows())
 def test_property_fast_path_never_disagrees_with_the_full_checks(raw):
-    fast = accept_canonical(*(raw[f] for f in record.FIELDS), ORIGIN, Decimal("0.20"), DAY, "main")
+    fast = accept_canonical(*(raw[f] for f in record.FIELDS), origin=ORIGIN, tax_rate=Decimal("0.20"),
+                            default_date=DAY, default_store="main")
     full = validate_full(raw, origin=ORIGIN, tax_rate=Decimal("0.20"), default_date=DAY)
     if fast is not None:
         assert type(full) is Transaction
@@ -559,7 +560,8 @@ def test_property_fast_tax_check_matches_tax_matches(excl, delta, rate):
     inc = expected_inc_tax(e, rate) + Decimal(delta).scaleb(-2)
     if inc <= 0 or inc > record.MAX_AMOUNT:
         return
-    fast = accept_canonical(ID, None, "SELL", "x", 1, str(e), str(inc), None, ORIGIN, rate, DAY, "main")
+    fast = accept_canonical(ID, None, "SELL", "x", 1, str(e), str(inc), None,
+                            origin=ORIGIN, tax_rate=rate, default_date=DAY, default_store="main")
     assert (fast is not None) is tax_matches(e, inc, rate) is (abs(delta) <= 1)
 
 
