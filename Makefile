@@ -89,7 +89,7 @@ local-status: ## Show what the native stack runs
 	@$(PY) -m devstack.local status
 
 # -- Development -----------------------------------------------------------------
-.PHONY: test test-stack test-unit bench bench-ingest bench-backup bench-api bench-queries bench-partitioning bench-idle lock
+.PHONY: test test-stack test-unit bench bench-ingest bench-backup bench-api bench-compare bench-queries bench-partitioning bench-idle lock
 # With Docker (the default): an engine made to answer (scripts/docker-engine),
 # the images docker-compose.yml names (tests/images/build: the official ones
 # where a registry answers, else the project's stand-ins), the suite, then the
@@ -124,6 +124,10 @@ bench-backup: deps ## Backup and restore of 1M rows vs bare pg_dump/pg_restore; 
 
 bench-api: deps ## API: HTTP and WebSocket vs a plain kafka-python producer loop
 	$(PY) -m bench.api
+
+bench-compare: deps ## bench-ingest and bench-api on BASE=<commit> and on the working tree, in one run
+	@test -n "$(BASE)" || { echo "make bench-compare: give the commit to compare with, e.g. BASE=HEAD~1"; exit 2; }
+	$(PY) -m bench.compare --base $(BASE) $(if $(BENCHES),--bench $(BENCHES))
 
 bench-queries: deps ## Dashboard and report queries at 10M rows: rollups vs the raw table, 0009 upgrade time, sizes
 	$(PY) -m bench.queries

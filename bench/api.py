@@ -568,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10, help="seconds per offered load (default 10)")
     parser.add_argument("--ws-per-client", type=int, default=4000, help="transactions per WebSocket client")
     parser.add_argument("--local", action="store_true", help="use the running `make local` stack (.local/env)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results file (default {RESULTS.relative_to(REPO)})")
     args = parser.parse_args(argv)
     stack = Stack(args.local)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -576,10 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         report = summarise(measure(stack, args.seconds, args.ws_per_client), args.seconds)
     finally:
         stack.stop()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(render(report))
-    print(f"\nwritten to {RESULTS.relative_to(REPO)}")
+    print(f"\nwritten to {args.out}")
     return 0
 
 
