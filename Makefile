@@ -3,6 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 COMPOSE ?= docker compose
+# Docker Swarm (README, "Growing past one VPS"): DEPLOY_MODE=swarm in .env or the environment.
+SWARM ?= python3 deploy/swarm.py
+DEPLOY_MODE ?= $(shell grep -s '^DEPLOY_MODE=' .env | cut -d= -f2)
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -69,7 +72,16 @@ restore: ## Restore FILE=<backup> into a new database; REPLACE=1 over the live o
 smoke: ## Check the running stack end to end: services ready, a backup, a canary through the API into PostgreSQL
 	@if [ -f .local/env ]; then \
 	  source .local/env && BACKUP_DIR="$${BACKUP_DIR:-.local/backups}" $(PY) -m tillflow smoke; \
+	elif [ "$(DEPLOY_MODE)" = swarm ]; then $(SWARM) run smoke; \
 	else $(COMPOSE) run --rm -T smoke; fi
+
+# -- Docker Swarm (several hosts) -------------------------------------------------
+.PHONY: swarm-config swarm-deploy
+swarm-config: ## Write the Swarm stack file generated from docker-compose.yml (.deploy/swarm/tillflow-stack.yml)
+	$(SWARM) config
+
+swarm-deploy: secrets ## docker stack deploy the generated stack on this swarm manager, wait until it converged and is healthy
+	$(SWARM) deploy
 
 # -- Native stack (no Docker) ---------------------------------------------------
 .PHONY: deps local local-down local-destroy local-status

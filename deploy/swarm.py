@@ -6,6 +6,7 @@
     python3 deploy/swarm.py wait [--stack NAME] [--timeout S]         # until every service converged and healthy
     python3 deploy/swarm.py run SERVICE [ARGS ...]                     # a one-off task of SERVICE's spec (smoke, migrate ...)
     python3 deploy/swarm.py image                                      # the Tillflow image the running stack uses
+    python3 deploy/swarm.py build IMAGE                                # docker build, then into every SWARM_NODE_HOSTS host
 
 The stack file is **generated, never edited, never committed**: docker-compose.yml
 is the one source of images, commands, environment, healthchecks, secrets,
@@ -37,6 +38,10 @@ that). The Swarm forms:
   (no Swarm form: ``no-new-privileges`` is not applied to Swarm tasks) are dropped.
 
 Environment: ``DOCKER_HOST`` (a manager), ``SWARM_STACK`` (default tillflow),
+``SWARM_NODE_HOSTS`` (the other hosts' Docker URLs, for ``build``), ``SWARM_WITHOUT``,
+``SWARM_ENDPOINT_MODE`` (``vip``, the default: virtual addresses and the routing mesh;
+``dnsrr`` where the kernel has no IPVS: services found by DNS, the API published on
+the port of each host it runs on),
 ``SWARM_INBOX``, ``API_REPLICAS``, ``CONSUMER_REPLICAS``, ``TILLFLOW_IMAGE`` and
 every variable docker-compose.yml reads. Python 3.9+, PyYAML.
 """
@@ -47,7 +52,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -544,6 +548,31 @@ def run_once(stack_file: Path, stack: str, service: str, args: list, timeout: fl
         docker("service", "rm", name, check=False)
 
 
+def build(image: str, hosts: list) -> list:
+    """``docker build`` of the checkout as ``image`` on this engine, then the image into every host of
+    ``hosts`` (Docker host URLs, e.g. ssh://deploy@host2) that lacks that very image, by
+    ``docker save | docker load``: no registry needed. The hosts it was loaded into."""
+    done = subprocess.run(["docker", "build", "-t", image, "."], cwd=ROOT, timeout=3600)
+    if done.returncode != 0:
+        raise SwarmConfigError(f"docker build of {image} failed (exit {done.returncode})")
+    local = docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+    loaded = []
+    for host in hosts:
+        env = {**os.environ, "DOCKER_HOST": host}
+        there = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], env=env,
+                               capture_output=True, text=True, timeout=120)
+        if there.returncode == 0 and there.stdout.strip() == local:
+            continue
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        load = subprocess.run(["docker", "load", "-q"], stdin=save.stdout, env=env, capture_output=True, text=True,
+                              timeout=3600)
+        save.stdout.close()
+        if save.wait() != 0 or load.returncode != 0:
+            raise SwarmConfigError(f"{image} into {host}: {load.stderr.strip()[-500:]}")
+        loaded.append(host)
+    return loaded
+
+
 def running_image(stack: str, service: str = "api") -> str:
     spec = inspect_services([f"{stack}_{service}"])[0]
     return spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
@@ -569,6 +598,8 @@ def main(argv=None) -> int:
     p.add_argument("args", nargs=argparse.REMAINDER)
     p = sub.add_parser("image")
     p.add_argument("--stack", default=os.environ.get("SWARM_STACK") or DEFAULT_STACK)
+    p = sub.add_parser("build")
+    p.add_argument("image")
     args = parser.parse_args(argv)
     without = tuple(args.without or [w for w in os.environ.get("SWARM_WITHOUT", "").split(",") if w])
     try:
@@ -588,6 +619,10 @@ def main(argv=None) -> int:
             return code
         elif args.command == "image":
             print(running_image(args.stack))
+        elif args.command == "build":
+            hosts = [h for h in re.split(r"[\s,]+", os.environ.get("SWARM_NODE_HOSTS", "")) if h]
+            loaded = build(args.image, hosts)
+            print(f"swarm: built {args.image}; loaded into {', '.join(loaded) or 'no other host'}", file=sys.stderr)
     except (SwarmConfigError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"swarm: {exc}", file=sys.stderr)
         return 1
