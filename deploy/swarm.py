@@ -43,7 +43,7 @@ Environment: ``DOCKER_HOST`` (a manager), ``SWARM_STACK`` (default tillflow),
 ``dnsrr`` where the kernel has no IPVS: services found by DNS, the API published on
 the port of each host it runs on),
 ``SWARM_INBOX``, ``API_REPLICAS``, ``CONSUMER_REPLICAS``, ``TILLFLOW_IMAGE`` and
-every variable docker-compose.yml reads. Python 3.9+, PyYAML.
+every variable docker-compose.yml reads. Python 3.9+ and PyYAML (Debian: python3-yaml).
 """
 from __future__ import annotations
 
@@ -57,8 +57,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = "docker-compose.yml"
@@ -86,6 +84,21 @@ SIZE = re.compile(r"^(\d+)([bkmg]?)b?$", re.IGNORECASE)
 
 class SwarmConfigError(Exception):
     """The compose file or the override cannot be turned into a stack file; the message says why."""
+
+
+class _LazyYaml:
+    """PyYAML, imported when first used: deploy/ otherwise runs on the host's bare python3, and only
+    the Swarm mode reads YAML (Debian: apt-get install python3-yaml)."""
+
+    def __getattr__(self, name):
+        try:
+            import yaml as module
+        except ImportError:
+            raise SwarmConfigError("PyYAML is missing: apt-get install python3-yaml (or pip install PyYAML)") from None
+        return getattr(module, name)
+
+
+yaml = _LazyYaml()
 
 
 # ---------------------------------------------------------------- reading
