@@ -101,7 +101,7 @@ local-status: ## Show what the native stack runs
 	@$(PY) -m devstack.local status
 
 # -- Development -----------------------------------------------------------------
-.PHONY: test test-stack test-unit bench bench-ingest bench-backup bench-api bench-queries bench-partitioning bench-idle lock
+.PHONY: test test-stack test-swarm test-unit bench bench-ingest bench-backup bench-api bench-queries bench-partitioning bench-idle lock
 # With Docker (the default): an engine made to answer (scripts/docker-engine),
 # the images docker-compose.yml names (tests/images/build: the official ones
 # where a registry answers, else the project's stand-ins), the suite, then the
@@ -118,6 +118,10 @@ test: deps ## Install everything needed, start real services, run the whole test
 test-stack: deps ## Only the compose stack end to end (needs Docker; tests/stack)
 	bash scripts/docker-engine && $(PY) tests/images/build
 	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
+
+test-swarm: deps ## The Swarm stack on three Docker engines of this machine: a whole host lost, a rolling update (root; tests/swarm)
+	bash scripts/docker-engine && $(PY) tests/images/build
+	$(PY) -m pytest tests/swarm $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tests only (no services)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

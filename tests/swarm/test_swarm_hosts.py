@@ -25,6 +25,9 @@ RATE_BATCH, RATE_EVERY = 5, 0.125  # 40 transactions a second
 API_GAP_LIMIT = 90.0  # seconds: the longest a lost host may keep the API from acknowledging
 STORED_WITHIN = 180
 
+# The first test also pays for the engines, the images and the deploy (the session fixture).
+pytestmark = pytest.mark.timeout(1500)
+
 
 def wait_until(what: str, check, timeout: float, every: float = 2.0):
     deadline = time.monotonic() + timeout
