@@ -442,30 +442,39 @@ def tasks(service: str) -> list:
 
 def assess(specs: list, task_lists: dict) -> tuple:
     """(waiting, failed) for the services of a stack, from ``docker service inspect`` and each one's tasks
-    (newest first, as ``docker service ps`` lists them). Pure: tests/unit/test_swarm_stack.py."""
+    (newest first, as ``docker service ps`` lists them). A task counts only when it runs the image the
+    service's spec names (right after ``docker stack deploy`` the old tasks still run and look converged).
+    Pure: tests/unit/test_swarm_stack.py."""
     waiting, failed = [], []
     for spec in specs:
         name = spec["Spec"]["Name"]
         mode = spec["Spec"].get("Mode") or {}
-        policy = ((spec["Spec"].get("TaskTemplate") or {}).get("RestartPolicy") or {}).get("Condition", "any")
+        template = spec["Spec"].get("TaskTemplate") or {}
+        policy = (template.get("RestartPolicy") or {}).get("Condition", "any")
+        image = ((template.get("ContainerSpec") or {}).get("Image") or "").split("@")[0]
         update = (spec.get("UpdateStatus") or {}).get("State", "")
         if update in ("rollback_completed", "rollback_paused", "paused", "rollback_started"):
             failed.append(f"{name}: update {update} ({(spec.get('UpdateStatus') or {}).get('Message', '')})")
             continue
-        if update in ("updating",):
+        if update == "updating":
             waiting.append(f"{name} updating")
             continue
+
+        def current(task: dict) -> bool:
+            return not image or not task.get("Image") or task["Image"].split("@")[0] == image
+
         listed = task_lists.get(name) or []
         want = int((mode.get("Replicated") or {}).get("Replicas", 0)) if "Replicated" in mode else None
         if want == 0:
             continue
         if policy != "any":  # a one-shot: its newest task must have completed
-            newest = [t for t in listed if not t.get("Name", "").startswith(" ")][:1]
+            newest = listed[:1]
             state = newest[0].get("CurrentState", "") if newest else "no task"
-            if not state.startswith("Complete"):
+            if not (state.startswith("Complete") and current(newest[0])):
                 waiting.append(f"{name} {state.split(' ')[0].lower() or 'pending'}")
             continue
-        running = [t for t in listed if t.get("DesiredState") == "Running" and t.get("CurrentState", "").startswith("Running")]
+        running = [t for t in listed if t.get("DesiredState") == "Running"
+                   and t.get("CurrentState", "").startswith("Running") and current(t)]
         if want is not None and len(running) < want:
             waiting.append(f"{name} {len(running)}/{want}")
         elif want is None and not running:
@@ -497,6 +506,7 @@ def wait(stack: str, timeout: float, every: float = 3.0, say=print) -> float:
 def deploy(stack_file: Path, stack: str) -> None:
     docker("stack", "deploy", "--prune", "--resolve-image", "never", "--detach=true", "-c", str(stack_file), stack,
            timeout=600)
+    time.sleep(3)  # the managers start the update: its state is "updating" by the first look
 
 
 def run_once(stack_file: Path, stack: str, service: str, args: list, timeout: float = 600) -> tuple:

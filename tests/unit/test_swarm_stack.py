@@ -258,5 +258,14 @@ def test_assess_a_rolled_back_update_has_failed():
     assert failed and "rollback_completed" in failed[0]
 
 
+def test_assess_counts_only_tasks_of_the_spec_s_image():
+    service = spec("api", 1)
+    service["Spec"]["TaskTemplate"]["ContainerSpec"] = {"Image": "tillflow:2@sha256:abc"}
+    old = {**task("Running 1 minute ago"), "Image": "tillflow:1"}
+    assert swarm.assess([service], {"api": [old]})[0] == ["api 0/1"]
+    new = {**task("Running 1 second ago"), "Image": "tillflow:2"}
+    assert swarm.assess([service], {"api": [new, {**old, "DesiredState": "Shutdown"}]}) == ([], [])
+
+
 def test_assess_skips_services_scaled_to_zero():
     assert swarm.assess([spec("smoke", 0, condition="none")], {"smoke": []}) == ([], [])
