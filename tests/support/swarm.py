@@ -5,6 +5,7 @@
     python3 tests/support/swarm.py kill NODE    # a whole "host" lost: its engine and every process of it, kill -9
     python3 tests/support/swarm.py revive NODE  # the host back: its network up, its engine started again
     python3 tests/support/swarm.py status       # the nodes, as the swarm sees them
+    python3 tests/support/swarm.py dns          # (run by up) the hosts' resolver: NXDOMAIN for every name
     python3 tests/support/swarm.py down         # everything removed (engines, namespaces, bridge, iptables)
     DOCKER_HOST=$(python3 tests/support/swarm.py host node1) docker node ls
 
@@ -16,6 +17,14 @@ stay), ``--exec-root``, ``--pidfile``, socket (``/run/tillflow-swarm/nodeN.sock`
 (``tfsw0``, 10.213.0.1/24; node N is 10.213.0.1N) with an iptables FORWARD
 accept rule for it. The engine is entered with ``nsenter --net=`` (``ip netns
 exec`` remounts /sys and hides the cgroup mounts dockerd needs).
+
+The "hosts" have no route out of the bridge, and no real resolver: a
+resolver on the bridge (``dns``, 10.213.0.1:53, started by ``up``) answers
+every name it is asked with NXDOMAIN, at once, as a host's resolver answers a
+name it does not know. Without one, Docker's embedded DNS waits out the
+unreachable upstream (10 s) for every name Swarm does not know yet, such as a
+broker whose task is not healthy yet, and Kafka's start and the clients'
+reconnects crawl.
 
 The engine, its containerd and every container of the node share one cgroup
 (``tillflow-swarm-nodeN`` in each cgroup v1 controller; the containers' is
@@ -114,7 +123,6 @@ class Node:
             sh([*inside, "ip", "addr", "add", f"{self.address}/24", "dev", "eth0"])
             sh([*inside, "ip", "link", "set", "eth0", "up"])
             sh([*inside, "ip", "link", "set", "lo", "up"])
-            sh([*inside, "ip", "route", "add", "default", "via", f"{SUBNET}.1"])
         self.link(True)
 
     def link(self, up: bool) -> None:
@@ -153,7 +161,7 @@ class Node:
             "dockerd", "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
             "--pidfile", str(self.exec_root / "dockerd.pid"), "-H", self.host,
             "--bip", f"172.30.{self.index}.1/24", "--cgroup-parent", f"/{self.cgroup}",
-            "--storage-driver", "overlay2", "--log-level", "warn",
+            "--storage-driver", "overlay2", "--log-level", "warn", "--dns", f"{SUBNET}.1",
         ]
         script = f"{join}; exec {' '.join(dockerd)}"
         with open(self.log, "ab") as log:
@@ -277,11 +285,48 @@ def _bridge_up() -> None:
         sh(["iptables", "-I", *_iptables_rule()])
 
 
+DNS_PIDFILE = RUN / "dns.pid"
+
+
+def _dns_up() -> None:
+    if DNS_PIDFILE.exists() and Path(f"/proc/{DNS_PIDFILE.read_text().strip()}").exists():
+        return
+    RUN.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "dns"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    DNS_PIDFILE.write_text(str(proc.pid))
+
+
+def _dns_down() -> None:
+    if DNS_PIDFILE.exists():
+        try:
+            os.kill(int(DNS_PIDFILE.read_text().strip()), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+        DNS_PIDFILE.unlink(missing_ok=True)
+
+
+def serve_nxdomain(address: str = f"{SUBNET}.1", port: int = 53) -> None:
+    """Answer every DNS query with NXDOMAIN (the question copied, no records)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    while True:
+        data, peer = sock.recvfrom(4096)
+        if len(data) < 12:
+            continue
+        flags = 0x8000 | (int.from_bytes(data[2:4], "big") & 0x0100) | 0x0080 | 3  # QR, RD copied, RA, NXDOMAIN
+        sock.sendto(data[:2] + flags.to_bytes(2, "big") + data[4:6] + b"\0\0\0\0\0\0" + data[12:], peer)
+
+
 def up(count: int = 3) -> list[Node]:
     """``count`` engines, each in its namespace, in one swarm of managers, labelled; returns them."""
     if os.geteuid() != 0:
         raise SwarmError("the engines need root")
     _bridge_up()
+    _dns_up()
     cluster = nodes(count)
     for node in cluster:
         node.plumb()
@@ -316,6 +361,7 @@ def down() -> None:
             node.forget()
         node.stop()
         node.unplumb()
+    _dns_down()
     if sh(["ip", "link", "show", BRIDGE], check=False).returncode == 0:
         sh(["ip", "link", "del", BRIDGE], check=False)
     while sh(["iptables", "-C", *_iptables_rule()], check=False).returncode == 0:
@@ -375,6 +421,8 @@ def main(argv: list[str]) -> int:
             Node(int(args[0].removeprefix("node"))).revive()
         elif command == "host":
             print(Node(int(args[0].removeprefix("node"))).host)
+        elif command == "dns":
+            serve_nxdomain()
         elif command == "status":
             for row in status():
                 print(row.get("Hostname"), row.get("Status"), row.get("Availability"), row.get("ManagerStatus"))

@@ -17,9 +17,10 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
 
-from support.tills import SteadyTills
 from support.swarm_stack import STACK, SwarmStack
+from support.tills import SteadyTills
 
 RATE_BATCH, RATE_EVERY = 5, 0.125  # 40 transactions a second
 API_GAP_LIMIT = 90.0  # seconds: the longest a lost host may keep the API from acknowledging
