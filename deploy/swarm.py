@@ -33,7 +33,7 @@ that). The Swarm forms:
   content (a changed file is a new secret; Swarm secrets cannot be changed);
 * ``ports`` -> the routing mesh (``mode: ingress``): Swarm publishes on every
   host's every address, so ``TILLFLOW_BIND`` has no effect: firewall the port;
-* the networks become overlays (``backend`` stays ``internal``);
+* the networks become overlays; ``backend`` is not ``internal`` (deploy/swarm.yml says why);
 * ``depends_on``, ``build``, ``pull_policy``, ``profiles``, ``security_opt``
   (no Swarm form: ``no-new-privileges`` is not applied to Swarm tasks) are dropped.
 
@@ -227,8 +227,9 @@ class Generator:
                                               interpolate(extra[name] or {}, self.env))
         networks = {}
         for name, spec in (compose.get("networks") or {}).items():
-            spec = dict(spec or {})
-            spec["driver"] = "overlay"
+            spec = {**(spec or {}), **((override.get("networks") or {}).get(name) or {}), "driver": "overlay"}
+            if spec.get("internal") is False:
+                del spec["internal"]
             networks[name] = spec
         volumes = {name: dict(spec or {}) for name, spec in (compose.get("volumes") or {}).items()}
         used = {v.get("source") for s in out_services.values() for v in s.get("volumes", [])

@@ -269,3 +269,10 @@ def test_assess_counts_only_tasks_of_the_spec_s_image():
 
 def test_assess_skips_services_scaled_to_zero():
     assert swarm.assess([spec("smoke", 0, condition="none")], {"smoke": []}) == ([], [])
+
+
+def test_networks_are_overlays_and_backend_is_not_internal_in_a_swarm(stack):
+    assert {n["driver"] for n in stack["networks"].values()} == {"overlay"}
+    assert "internal" not in stack["networks"]["backend"]
+    assert not any(p.get("published") for s in stack["services"].values() if "frontend" not in s.get("networks", [])
+                   for p in s.get("ports", []))
