@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -164,9 +165,10 @@ class Node:
             "--storage-driver", "overlay2", "--log-level", "warn", "--dns", f"{SUBNET}.1",
         ]
         script = f"{join}; exec {' '.join(dockerd)}"
-        with open(self.log, "ab") as log:
-            subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.netns}", "setsid", "sh", "-c", script],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        # Detached (the launching shell exits at once): the engine outlives this process.
+        launch = (f"nsenter --net=/var/run/netns/{self.netns} setsid sh -c {shlex.quote(script)} "
+                  f"</dev/null >>{shlex.quote(str(self.log))} 2>&1 &")
+        sh(["sh", "-c", launch])
         deadline = time.monotonic() + START_WITHIN
         while not self.answers():
             if time.monotonic() > deadline:
@@ -292,9 +294,9 @@ def _dns_up() -> None:
     if DNS_PIDFILE.exists() and Path(f"/proc/{DNS_PIDFILE.read_text().strip()}").exists():
         return
     RUN.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "dns"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    DNS_PIDFILE.write_text(str(proc.pid))
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} dns"
+    done = sh(["sh", "-c", f"setsid {command} </dev/null >/dev/null 2>&1 & echo $!"])
+    DNS_PIDFILE.write_text(done.stdout.decode().strip())
 
 
 def _dns_down() -> None:
