@@ -625,7 +625,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("build")
     p.add_argument("image")
     args = parser.parse_args(argv)
-    without = tuple(args.without or [w for w in os.environ.get("SWARM_WITHOUT", "").split(",") if w])
+    without = tuple(getattr(args, "without", None) or [w for w in os.environ.get("SWARM_WITHOUT", "").split(",") if w])
     try:
         if args.command in ("config", "deploy"):
             path = Generator(ROOT, dict(os.environ), Path(args.out), args.stack, without).write()
