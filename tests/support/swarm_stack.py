@@ -2,6 +2,7 @@
 support.swarm, and what the tests read from it (tasks per host, stored ids, Kafka's in-sync replicas)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -85,14 +86,15 @@ class SwarmStack:
         return found, rows
 
     def in_sync(self, topic: str = "tillflow.transactions") -> dict[int, list[int]]:
-        """Partition -> its in-sync replicas, as a broker reports them."""
-        out = self.exec("kafka-1", "/opt/kafka/bin/kafka-topics.sh", "--bootstrap-server", "localhost:9092",
-                        "--describe", "--topic", topic, timeout=120)
-        isr = {}
-        for line in out.splitlines():
-            fields = dict(part.split(": ", 1) for part in line.strip().split("\t") if ": " in part)
-            if "Partition" in fields and "Isr" in fields:
-                isr[int(fields["Partition"])] = sorted(int(b) for b in fields["Isr"].split(",") if b)
-        return isr
-
-
+        """Partition -> its in-sync replicas, as the cluster reports them to librdkafka's admin client,
+        asked from an API container (a Kafka CLI would start a JVM beside a broker in its memory limit)."""
+        code = ("import json; from confluent_kafka import TopicCollection; "
+                "from confluent_kafka.admin import AdminClient; "
+                "a = AdminClient({'bootstrap.servers': 'kafka-1:9092,kafka-2:9092,kafka-3:9092'}); "
+                f"d = a.describe_topics(TopicCollection([{topic!r}]))[{topic!r}].result(timeout=20); "
+                "print(json.dumps({p.id: sorted(n.id for n in p.isr) for p in d.partitions}))")
+        try:
+            out = self.exec("api", "python", "-c", code, timeout=60)
+        except AssertionError:
+            return {}
+        return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
