@@ -315,6 +315,10 @@ class Generator:
             deploy["replicas"] = int(deploy["replicas"])
         if one_shot and "replicas" not in deploy:
             deploy["replicas"] = 1
+        if one_shot:
+            # Its task ends by design: Swarm's updater would count that as a failure ("early
+            # termination") and pause the update. Whether it succeeded is judged by `wait`.
+            deploy.setdefault("update_config", {"parallelism": 1, "order": "stop-first", "failure_action": "continue"})
         out["deploy"] = deploy
         return out
 

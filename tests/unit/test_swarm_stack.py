@@ -178,6 +178,7 @@ def test_without_ipvs_every_service_is_dnsrr_and_the_api_is_published_per_host(t
 def test_one_shots_are_tried_again_until_they_succeed_and_smoke_runs_on_demand(stack):
     for name in ("migrate", "kafka-init", "alertmanager-config"):
         assert stack["services"][name]["deploy"]["restart_policy"]["condition"] == "on-failure", name
+        assert stack["services"][name]["deploy"]["update_config"]["failure_action"] == "continue", name
     assert stack["services"]["smoke"]["deploy"]["replicas"] == 0
     assert stack["services"]["smoke"]["deploy"]["restart_policy"] == {"condition": "none"}
     for name in ("api", "consumer", "watcher", "postgres", "kafka-1", "backup"):
