@@ -106,14 +106,16 @@ local-status: ## Show what the native stack runs
 # the images docker-compose.yml names (tests/images/build: the official ones
 # where a registry answers, else the project's stand-ins), the suite, then the
 # compose stack end to end (tests/stack) in a run of its own: it restarts the
-# Docker daemon. TILLFLOW_TEST_NATIVE=1: native PostgreSQL and Kafka, no Docker,
-# and so no compose stack tests.
+# Docker daemon; then the Swarm stack on three engines of this machine
+# (tests/swarm, make test-swarm). TILLFLOW_TEST_NATIVE=1: native PostgreSQL and
+# Kafka, no Docker, and so neither the compose nor the swarm tests.
 test: deps ## Install everything needed, start real services, run the whole test suite
 	@if [ "$${TILLFLOW_TEST_NATIVE:-}" = 1 ]; then \
 	  echo "make test: TILLFLOW_TEST_NATIVE=1: native services; the compose stack tests (tests/stack) are left out"; \
 	else bash scripts/docker-engine && $(PY) tests/images/build; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@if [ "$${TILLFLOW_TEST_NATIVE:-}" != 1 ]; then $(PY) -m pytest tests/stack $(PYTEST_ARGS); fi
+	@if [ "$${TILLFLOW_TEST_NATIVE:-}" != 1 ]; then $(PY) -m pytest tests/swarm $(PYTEST_ARGS); fi
 
 test-stack: deps ## Only the compose stack end to end (needs Docker; tests/stack)
 	bash scripts/docker-engine && $(PY) tests/images/build
