@@ -111,7 +111,7 @@ local-status: ## Show what the native stack runs
 # Kafka, no Docker, and so neither the compose nor the swarm tests.
 test: deps ## Install everything needed, start real services, run the whole test suite
 	@if [ "$${TILLFLOW_TEST_NATIVE:-}" = 1 ]; then \
-	  echo "make test: TILLFLOW_TEST_NATIVE=1: native services; the compose stack tests (tests/stack) are left out"; \
+	  echo "make test: TILLFLOW_TEST_NATIVE=1: native services; the compose and swarm stack tests (tests/stack, tests/swarm) are left out"; \
 	else bash scripts/docker-engine && $(PY) tests/images/build; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@if [ "$${TILLFLOW_TEST_NATIVE:-}" != 1 ]; then $(PY) -m pytest tests/stack $(PYTEST_ARGS); fi
