@@ -3,6 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 COMPOSE ?= docker compose
+# Docker Swarm (README, "Growing past one VPS"): DEPLOY_MODE=swarm in .env or the environment.
+SWARM ?= python3 deploy/swarm.py
+DEPLOY_MODE ?= $(shell grep -s '^DEPLOY_MODE=' .env | cut -d= -f2)
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -69,7 +72,16 @@ restore: ## Restore FILE=<backup> into a new database; REPLACE=1 over the live o
 smoke: ## Check the running stack end to end: services ready, a backup, a canary through the API into PostgreSQL
 	@if [ -f .local/env ]; then \
 	  source .local/env && BACKUP_DIR="$${BACKUP_DIR:-.local/backups}" $(PY) -m tillflow smoke; \
+	elif [ "$(DEPLOY_MODE)" = swarm ]; then $(SWARM) run smoke; \
 	else $(COMPOSE) run --rm -T smoke; fi
+
+# -- Docker Swarm (several hosts) -------------------------------------------------
+.PHONY: swarm-config swarm-deploy
+swarm-config: ## Write the Swarm stack file generated from docker-compose.yml (.deploy/swarm/tillflow-stack.yml)
+	$(SWARM) config
+
+swarm-deploy: secrets ## docker stack deploy the generated stack on this swarm manager, wait until it converged and is healthy
+	$(SWARM) deploy
 
 # -- Native stack (no Docker) ---------------------------------------------------
 .PHONY: deps local local-down local-destroy local-status
@@ -89,23 +101,29 @@ local-status: ## Show what the native stack runs
 	@$(PY) -m devstack.local status
 
 # -- Development -----------------------------------------------------------------
-.PHONY: test test-stack test-unit bench bench-ingest bench-backup bench-api bench-compare bench-queries bench-partitioning bench-idle lock
+.PHONY: test test-stack test-swarm test-unit bench bench-ingest bench-backup bench-api bench-compare bench-queries bench-partitioning bench-idle lock
 # With Docker (the default): an engine made to answer (scripts/docker-engine),
 # the images docker-compose.yml names (tests/images/build: the official ones
 # where a registry answers, else the project's stand-ins), the suite, then the
 # compose stack end to end (tests/stack) in a run of its own: it restarts the
-# Docker daemon. TILLFLOW_TEST_NATIVE=1: native PostgreSQL and Kafka, no Docker,
-# and so no compose stack tests.
+# Docker daemon; then the Swarm stack on three engines of this machine
+# (tests/swarm, make test-swarm). TILLFLOW_TEST_NATIVE=1: native PostgreSQL and
+# Kafka, no Docker, and so neither the compose nor the swarm tests.
 test: deps ## Install everything needed, start real services, run the whole test suite
 	@if [ "$${TILLFLOW_TEST_NATIVE:-}" = 1 ]; then \
-	  echo "make test: TILLFLOW_TEST_NATIVE=1: native services; the compose stack tests (tests/stack) are left out"; \
+	  echo "make test: TILLFLOW_TEST_NATIVE=1: native services; the compose and swarm stack tests (tests/stack, tests/swarm) are left out"; \
 	else bash scripts/docker-engine && $(PY) tests/images/build; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@if [ "$${TILLFLOW_TEST_NATIVE:-}" != 1 ]; then $(PY) -m pytest tests/stack $(PYTEST_ARGS); fi
+	@if [ "$${TILLFLOW_TEST_NATIVE:-}" != 1 ]; then $(PY) -m pytest tests/swarm $(PYTEST_ARGS); fi
 
 test-stack: deps ## Only the compose stack end to end (needs Docker; tests/stack)
 	bash scripts/docker-engine && $(PY) tests/images/build
 	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
+
+test-swarm: deps ## The Swarm stack on three Docker engines of this machine: a whole host lost, a rolling update (root; tests/swarm)
+	bash scripts/docker-engine && $(PY) tests/images/build
+	$(PY) -m pytest tests/swarm $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tests only (no services)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

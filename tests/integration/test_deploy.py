@@ -219,6 +219,54 @@ def test_when_the_rollback_fails_too_the_exit_status_says_a_person_is_needed(sit
     assert site.deploys()[-1]["outcome"] == "rollback-failed"
 
 
+# ---------------------------------------------------------------- redeploy, swarm mode
+def swarm_env(site: Site, **extra: str) -> dict[str, str]:
+    return {"DEPLOY_MODE": "swarm", "SWARM": f"{sys.executable} -S {FAKE_COMPOSE}", **extra}
+
+
+def test_swarm_mode_builds_the_commit_s_image_deploys_the_stack_with_it_and_runs_smoke(site):
+    commit = site.push("release 2")
+    done = site.redeploy(**swarm_env(site))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert site.commands() == ["image", "config", "build", "deploy", "smoke"]
+    build, deploy = (c for c in site.calls() if c["command"] in ("build", "deploy"))
+    image = f"tillflow:git-{commit[:12]}"
+    assert build["args"] == ["build", image] and deploy["image"] == image and deploy["commit"] == commit
+    assert site.head() == commit and site.deploys()[-1]["outcome"] == "deployed"
+
+
+def test_swarm_mode_a_release_swarm_rolled_back_is_deployed_back_with_the_previous_image(site):
+    good = site.push("release 2")
+    assert site.redeploy(**swarm_env(site)).returncode == 0
+    site.push("release 3", bad_release(unhealthy=["api"]))
+    done = site.redeploy(**swarm_env(site))
+    assert done.returncode == 1, done.stdout + done.stderr
+    deploys = [c for c in site.calls() if c["command"] == "deploy"]
+    # The bad release's deploy failed; the previous commit went back up with the image it ran.
+    assert deploys[-1]["commit"] == good and deploys[-1]["image"] == f"tillflow:git-{good[:12]}"
+    assert site.head() == good and site.deploys()[-1]["outcome"] == "rolled-back"
+    assert "not healthy" in done.stdout
+
+
+def test_swarm_mode_a_failing_smoke_check_rolls_back_to_the_previous_image(site):
+    good = site.push("release 2")
+    assert site.redeploy(**swarm_env(site)).returncode == 0
+    site.push("release 3", bad_release(fail=["smoke"]))
+    done = site.redeploy(**swarm_env(site))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert site.commands()[-2:] == ["smoke", "deploy"]
+    assert site.calls()[-1]["image"] == f"tillflow:git-{good[:12]}" and site.calls()[-1]["commit"] == good
+    assert site.head() == good
+
+
+def test_swarm_mode_an_image_that_does_not_build_leaves_the_running_stack_alone(site):
+    site.push("release 2", bad_release(fail=["build"]))
+    done = site.redeploy(**swarm_env(site))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "deploy" not in site.commands()
+    assert site.head() == site.first
+
+
 def test_main_already_deployed_is_a_no_op_unless_forced(site):
     new = site.push("release 2")
     assert site.redeploy().returncode == 0

@@ -17,6 +17,12 @@ is ``run ... smoke``) that exit 1; ``unhealthy`` services report unhealthy;
 ``$FAKE_COMPOSE_UNHEALTHY`` (comma-separated) do the same whatever the commit.
 ``$FAKE_COMPOSE_UP_SECONDS`` makes ``up`` take that long; ``$FAKE_COMPOSE_TAG``
 is recorded with each call, to tell the callers of one test apart.
+
+It also stands in for ``deploy/swarm.py`` (``SWARM="python fake_compose.py"``,
+deploy/redeploy's swarm mode): ``config`` and ``build IMAGE`` succeed, ``deploy``
+records ``$TILLFLOW_IMAGE`` as the image the stack runs (and fails, as "not
+healthy", when a service is ``unhealthy``), ``image`` prints it (exit 1 before
+the first deploy); each is failed on demand by its name in ``fail``.
 """
 from __future__ import annotations
 
@@ -75,7 +81,22 @@ def answer(command: str, args: list[str], found: dict) -> int:
         print("fake compose: up")
     elif command == "smoke":
         print("smoke: every check passed")
+    elif command == "image":
+        if not running_image().exists():
+            print("swarm: no stack", file=sys.stderr)
+            return 1
+        print(running_image().read_text(encoding="utf-8").strip())
+    elif command == "deploy":
+        if found["unhealthy"]:
+            print(f"swarm: not healthy: {', '.join(found['unhealthy'])} update rollback_completed", file=sys.stderr)
+            return 1
+        running_image().write_text(os.environ.get("TILLFLOW_IMAGE", "") + "\n", encoding="utf-8")
     return 0
+
+
+def running_image() -> Path:
+    """The swarm stand-in's state: the image its stack runs."""
+    return Path(os.environ["FAKE_COMPOSE_LOG"]).with_suffix(".image")
 
 
 def head() -> str:
@@ -93,7 +114,8 @@ def main() -> int:
     command = subcommand(args)
     code = answer(command, args, flags())
     entry = {"args": args, "command": command, "commit": head(), "pid": os.getpid(), "ppid": os.getppid(),
-             "start": started, "end": time.time(), "exit": code, "tag": os.environ.get("FAKE_COMPOSE_TAG", "")}
+             "start": started, "end": time.time(), "exit": code, "tag": os.environ.get("FAKE_COMPOSE_TAG", ""),
+             "image": os.environ.get("TILLFLOW_IMAGE", "")}
     with open(os.environ["FAKE_COMPOSE_LOG"], "a", encoding="utf-8") as log:
         log.write(json.dumps(entry) + "\n")
     return code
