@@ -30,6 +30,7 @@ from websockets.asyncio.client import connect
 from tillflow import sample
 from support.api import transaction as api_transaction
 from support.compose import ROOT, ComposeStack
+from support.pipeline import wait_for
 
 LONG_RUNNING = ("kafka-1", "kafka-2", "kafka-3", "postgres", "consumer", "watcher", "api", "prometheus",
                 "postgres-exporter", "backup", "alertmanager")
@@ -48,17 +49,6 @@ def stored_ids(stack: ComposeStack, ids: set[str]) -> set[str]:
         part = ",".join(f"'{i}'" for i in chunk[start:start + 500])
         found |= {row[0] for row in stack.psql(f"SELECT id FROM sales.transactions WHERE id IN ({part})")}
     return found
-
-
-def wait_until(what: str, check, timeout: float, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(every)
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +103,13 @@ class Tills:
 
     def wait_acknowledged(self, more: int, timeout: float = 120) -> None:
         target = len(self.acknowledged) + more
-        wait_until(f"{more} more acknowledged", lambda: len(self.acknowledged) >= target, timeout, every=0.5)
+        wait_for(lambda: len(self.acknowledged) >= target, timeout, f"{more} more acknowledged", every=0.5)
 
 
 def assert_exactly_once(stack: ComposeStack, tills: Tills) -> None:
     """Every acknowledged transaction stored, nothing stored that was never sent, none twice."""
-    wait_until("every acknowledged transaction stored",
-               lambda: stored_ids(stack, tills.acknowledged) == tills.acknowledged, 180)
+    wait_for(lambda: stored_ids(stack, tills.acknowledged) == tills.acknowledged,
+             180, "every acknowledged transaction stored", every=2.0)
     stored = stored_ids(stack, tills.sent)
     assert tills.acknowledged <= stored <= tills.sent
     ids = ",".join(f"'{i}'" for i in sorted(stored))
@@ -155,7 +145,7 @@ def test_a_csv_in_the_inbox_is_stored_and_archived(stack: ComposeStack):
     path = sample.write_csv(stack.dir / "inbox" / sample.csv_name(DAY), items)
     started = time.monotonic()
     ids = {str(i.id) for i in items}
-    wait_until("the CSV's rows stored", lambda: stored_ids(stack, ids) == ids, 120, every=1)
+    wait_for(lambda: stored_ids(stack, ids) == ids, 120, "the CSV's rows stored", every=1)
     print(f"\nCSV of {len(items)} rows stored {time.monotonic() - started:.1f} s after it was dropped")
     assert not path.exists()
     archived = stack.exec("watcher", "find", "/data/archive", "-name", path.name).stdout.split()
@@ -178,7 +168,7 @@ def test_the_readme_sample_command_feeds_the_inbox(stack: ComposeStack):
         (rejects,), = stack.psql(f"SELECT count(*) FROM ingest.rejects WHERE source_ref = '{name}'")
         return (int(count), int(rejects)) == (20, 2)
 
-    wait_until("the sample's 20 rows and 2 rejects stored", stored, 120, every=1)
+    wait_for(stored, 120, "the sample's 20 rows and 2 rejects stored", every=1)
 
 
 def test_a_token_a_post_and_a_websocket_transaction_are_stored(stack: ComposeStack, api: str, token: str):
@@ -198,7 +188,7 @@ def test_a_token_a_post_and_a_websocket_transaction_are_stored(stack: ComposeSta
 
     assert asyncio.run(till())["id"] == streamed["id"]
     ids = {i["id"] for i in posted} | {streamed["id"]}
-    wait_until("the API's transactions stored", lambda: stored_ids(stack, ids) == ids, 60, every=1)
+    wait_for(lambda: stored_ids(stack, ids) == ids, 60, "the API's transactions stored", every=1)
     sources = stack.psql(f"SELECT DISTINCT source FROM sales.transactions WHERE id = '{streamed['id']}'")
     assert sources == [("ws",)]
 
@@ -222,11 +212,11 @@ def test_make_backup_and_both_restores(stack: ComposeStack, api: str, token: str
                         timeout=30)
     assert answer.status_code == 200, answer.text
     ids = {t["id"] for t in later}
-    wait_until("the later transactions stored", lambda: stored_ids(stack, ids) == ids, 60)
+    wait_for(lambda: stored_ids(stack, ids) == ids, 60, "the later transactions stored", every=2.0)
     done = stack.make("restore", f"FILE={newest[-1]}", "REPLACE=1", timeout=900)
     assert f"restored {newest[-1]}" in done.stdout + done.stderr
     assert "replay: consumer group tillflow-writer reads on from the backup's positions" in done.stdout, done.stdout
-    wait_until("the replay", lambda: stored_ids(stack, ids) == ids, 120)
+    wait_for(lambda: stored_ids(stack, ids) == ids, 120, "the replay", every=2.0)
     (after,), = stack.psql("SELECT count(*) FROM sales.transactions")
     assert int(after) == int(before) + len(later)
     stack.wait_healthy(stack.started_services, BACK_WITHIN)
@@ -245,7 +235,7 @@ def test_every_prometheus_target_is_up(stack: ComposeStack):
                                    "alertmanager"} and all(
             t["health"] == "up" for t in targets) else None
 
-    wait_until("every Prometheus target up", all_up, 120)
+    wait_for(all_up, 120, "every Prometheus target up", every=2.0)
 
 
 def test_a_replaced_consumer_leaves_no_stale_target(stack: ComposeStack):
@@ -256,7 +246,7 @@ def test_a_replaced_consumer_leaves_no_stale_target(stack: ComposeStack):
         consumer = [t for t in prometheus_targets(stack) if t["labels"]["job"] == "consumer"]
         return len(consumer) == 1 and consumer[0]["health"] == "up"
 
-    wait_until("one consumer target, up", one_consumer, 90)
+    wait_for(one_consumer, 90, "one consumer target, up", every=2.0)
     foreign = stack.exec("prometheus", "wget", "-q", "-O", "-",
                          "http://127.0.0.1:9090/api/v1/query?query=count(%7Bjob%3D%22consumer%22%2C"
                          "__name__%3D~%22tillflow_watch_.%2A%7Ctillflow_backup_.%2A%22%7D)").stdout
@@ -288,9 +278,9 @@ def test_a_stopped_consumer_reaches_the_webhook_once_firing_and_once_resolved(st
     from support.alerts import WebhookReceiver
 
     port = urlsplit(stack.settings["ALERT_WEBHOOK_URL"]).port
-    wait_until("no TargetDown left from earlier tests",
-               lambda: not [a for a in alertmanager_alerts(stack) if a["labels"]["alertname"] == "TargetDown"]
-               or None, 600, every=5)
+    wait_for(lambda: not [a for a in alertmanager_alerts(stack) if a["labels"]["alertname"] == "TargetDown"]
+             or None,
+             600, "no TargetDown left from earlier tests", every=5)
     with WebhookReceiver("0.0.0.0", port) as receiver:
         since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         stopped = time.monotonic()
@@ -300,8 +290,8 @@ def test_a_stopped_consumer_reaches_the_webhook_once_firing_and_once_resolved(st
                 return [(at, n) for at, n in receiver.notifications()
                         if n["status"] == "firing" and consumer_down(n, since)]
 
-            [(fired_at, notification)] = wait_until("a firing TargetDown notification", firing,
-                                                    TARGET_DOWN_FOR + 120, every=2)
+            [(fired_at, notification)] = wait_for(firing, TARGET_DOWN_FOR + 120,
+                                                  "a firing TargetDown notification", every=2)
             print(f"\nTargetDown (consumer) reached the webhook {fired_at - stopped:.0f} s after the stop")
             (alert,) = consumer_down(notification, since)
             # "consumer is down" once no consumer target is left; while a stopped container's address
@@ -319,8 +309,8 @@ def test_a_stopped_consumer_reaches_the_webhook_once_firing_and_once_resolved(st
             return [(at, n) for at, n in receiver.notifications()
                     if n["status"] == "resolved" and consumer_down(n, since)]
 
-        [(resolved_at, notification)] = wait_until("a resolved TargetDown notification", resolved,
-                                                   GROUP_INTERVAL + 120, every=2)
+        [(resolved_at, notification)] = wait_for(resolved, GROUP_INTERVAL + 120,
+                                                 "a resolved TargetDown notification", every=2)
         print(f"resolved notification {resolved_at - started:.0f} s after the consumer was started again")
         (alert,) = consumer_down(notification, since)
         assert alert["status"] == "resolved" and alert["endsAt"] > alert["startsAt"]
@@ -401,7 +391,7 @@ def test_kill_9_while_tills_post_loses_nothing_and_restart_always_brings_it_back
     with Tills(api, token) as tills:
         tills.wait_acknowledged(50)
         stack.kill9(service)
-        wait_until(f"{service} restarted by Docker", lambda: stack.restart_count(service) > restarts, 60, every=1)
+        wait_for(lambda: stack.restart_count(service) > restarts, 60, f"{service} restarted by Docker", every=1)
         stack.wait_healthy([service], BACK_WITHIN)
         tills.wait_acknowledged(50, timeout=180)
     print(f"\nkill -9 {service}: sent {len(tills.sent)}, acknowledged {len(tills.acknowledged)}, "
@@ -429,8 +419,8 @@ def restart_docker_daemon() -> None:
     pids = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()
     assert len(pids) == 1, f"dockerd pids: {pids}"
     subprocess.run(["kill", "-TERM", pids[0]], check=True)
-    wait_until("dockerd to exit", lambda: subprocess.run(["kill", "-0", pids[0]], capture_output=True).returncode,
-               120, every=0.5)
+    wait_for(lambda: subprocess.run(["kill", "-0", pids[0]], capture_output=True).returncode, 120,
+             "dockerd to exit", every=0.5)
     # A service manager may start it again by itself; else start it as make test does.
     time.sleep(3)
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:

@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from support.pipeline import wait_for
 from support.swarm_stack import STACK, SwarmStack
 from support.tills import SteadyTills
 
@@ -30,24 +31,13 @@ STORED_WITHIN = 180
 pytestmark = pytest.mark.timeout(1500)
 
 
-def wait_until(what: str, check, timeout: float, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(every)
-
-
 def exactly_once(stack: SwarmStack, tills: SteadyTills) -> dict:
     """Wait until every acknowledged id is stored; the figures (acknowledged, stored, lost, duplicates)."""
     def all_stored():
         return stack.stored(tills.acknowledged)[0] == tills.acknowledged
 
     try:
-        wait_until("every acknowledged transaction stored", all_stored, STORED_WITHIN, every=3)
+        wait_for(all_stored, STORED_WITHIN, "every acknowledged transaction stored", every=3)
     except AssertionError:
         pass  # counted below, as lost
     stored, rows = stack.stored(tills.sent)
@@ -93,20 +83,26 @@ def test_a_whole_broker_host_lost_under_load_loses_nothing_and_its_broker_rejoin
         gap = tills.longest_gap(since=killed_at - 5)
         failed = tills.failures_between(killed_at, time.monotonic())
         # Kafka still takes writes with two brokers; the lost broker has left the in-sync replicas.
-        isr_down = wait_until(f"kafka-{victim.index} out of the in-sync replicas",
-                              lambda: (lambda isr: isr if isr and all(victim.index not in r for r in isr.values())
-                                       else None)(swarm_stack.in_sync()), 120, every=5)
-        rescheduled = wait_until("the lost host's API and consumer replicas running elsewhere",
-                                 lambda: all(
-                                     sum(f"{STACK}_{svc}" in swarm_stack.tasks_on(n) for n in swarm_stack.nodes
-                                         if n is not victim) >= (2 if svc == "api" else 1)
-                                     for svc in ("api", "consumer")), 180, every=5)
+        def isr_without_victim():
+            isr = swarm_stack.in_sync()
+            return isr if isr and all(victim.index not in r for r in isr.values()) else None
+
+        def isr_whole():
+            isr = swarm_stack.in_sync()
+            return isr if isr and all(r == [1, 2, 3] for r in isr.values()) else None
+
+        def replicas_elsewhere():
+            others = [n for n in swarm_stack.nodes if n is not victim]
+            return all(sum(f"{STACK}_{svc}" in swarm_stack.tasks_on(n) for n in others) >= (2 if svc == "api" else 1)
+                       for svc in ("api", "consumer"))
+
+        isr_down = wait_for(isr_without_victim, 120, f"kafka-{victim.index} out of the in-sync replicas", every=5)
+        rescheduled = wait_for(replicas_elsewhere, 180, "the lost host's API and consumer replicas running elsewhere",
+                               every=5)
         assert rescheduled
         revived_at = time.monotonic()
         victim.revive()
-        isr_back = wait_until(f"kafka-{victim.index} back in the in-sync replicas",
-                              lambda: (lambda isr: isr if isr and all(r == [1, 2, 3] for r in isr.values())
-                                       else None)(swarm_stack.in_sync()), 300, every=5)
+        isr_back = wait_for(isr_whole, 300, f"kafka-{victim.index} back in the in-sync replicas", every=5)
         rejoined = time.monotonic() - revived_at
         tills.wait_acknowledged(200, timeout=120)
     figures = exactly_once(swarm_stack, tills)
@@ -122,7 +118,7 @@ def test_a_whole_broker_host_lost_under_load_loses_nothing_and_its_broker_rejoin
     assert tills.acknowledged <= tills.sent and figures["stored"] <= figures["sent"]
     assert gap < API_GAP_LIMIT
     assert tills.abandoned == 0
-    wait_until("every service converged again", lambda: _converged(swarm_stack), 300, every=5)
+    wait_for(lambda: _converged(swarm_stack), 300, "every service converged again", every=5)
 
 
 def _converged(stack: SwarmStack) -> bool:
