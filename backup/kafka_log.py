@@ -16,7 +16,7 @@ from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, Ka
 from confluent_kafka.admin import ConfigResource, OffsetSpec
 
 from tillflow.errors import PublishError
-from tillflow.kafka_admin import admin_client
+from tillflow.kafka_admin import RESULT_GRACE, admin_client
 
 Key = tuple[str, int]
 _TIMEOUT = 15.0
@@ -34,7 +34,7 @@ class KafkaLog:
 
     def _wait(self, futures, what: str):
         try:
-            return {key: future.result(timeout=self.timeout) for key, future in futures.items()}
+            return {key: future.result(timeout=self.timeout + RESULT_GRACE) for key, future in futures.items()}
         except KafkaException as exc:
             raise PublishError(f"Kafka at {self.servers}: {what} failed: {exc.args[0].str()}") from exc
         except TimeoutError as exc:

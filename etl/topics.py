@@ -11,7 +11,7 @@ from confluent_kafka.admin import NewTopic
 
 from tillflow.config import Settings
 from tillflow.errors import PublishError
-from tillflow.kafka_admin import MIN_INSYNC_REPLICAS, admin_client, describe_error
+from tillflow.kafka_admin import MIN_INSYNC_REPLICAS, RESULT_GRACE, admin_client, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def wait_for_group_coordinator(bootstrap_servers, group: str, *, timeout: float 
     while time.monotonic() < deadline:
         wait = max(1.0, min(10.0, deadline - time.monotonic()))
         try:
-            admin.describe_consumer_groups([group], request_timeout=wait)[group].result(timeout=wait)
+            admin.describe_consumer_groups([group], request_timeout=wait)[group].result(timeout=wait + RESULT_GRACE)
             return True  # the group exists, or (Kafka 4's coordinator) it is known not to
         except KafkaException as exc:
             if exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:

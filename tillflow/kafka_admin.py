@@ -27,6 +27,14 @@ from tillflow.errors import PublishError
 MIN_INSYNC_REPLICAS = 2
 
 
+# How much longer than a request's own request_timeout Python waits for its future.
+# librdkafka always completes an admin request's future itself (with _TIMED_OUT at
+# the latest); a future given up on earlier leaves the request in flight, and
+# destroying the client with requests in flight can abort the process inside
+# librdkafka (seen: rd_kafka_enq_once_del_source_return's refcount assertion).
+RESULT_GRACE = 5.0
+
+
 def admin_client(servers: Iterable[str], *, client_id: str, timeout: float = 10.0) -> AdminClient:
     return AdminClient({"bootstrap.servers": ",".join(servers), "client.id": client_id,
                         "socket.timeout.ms": int(timeout * 1000)})
