@@ -108,8 +108,15 @@ class Tills:
 
 def assert_exactly_once(stack: ComposeStack, tills: Tills) -> None:
     """Every acknowledged transaction stored, nothing stored that was never sent, none twice."""
-    wait_for(lambda: stored_ids(stack, tills.acknowledged) == tills.acknowledged,
-             180, "every acknowledged transaction stored", every=2.0)
+    try:
+        wait_for(lambda: stored_ids(stack, tills.acknowledged) == tills.acknowledged,
+                 300, "every acknowledged transaction stored", every=2.0)
+    except AssertionError as exc:
+        # Say what is missing and what the consumer said, for whoever reads a failed run.
+        missing = sorted(tills.acknowledged - stored_ids(stack, tills.acknowledged))
+        logs = stack.compose("logs", "--no-color", "--tail", "40", "consumer", check=False).stdout
+        raise AssertionError(f"{exc}: {len(missing)} of {len(tills.acknowledged)} acknowledged are not stored "
+                             f"(first: {missing[:3]}); the consumer's last lines:\n{logs}") from None
     stored = stored_ids(stack, tills.sent)
     assert tills.acknowledged <= stored <= tills.sent
     ids = ",".join(f"'{i}'" for i in sorted(stored))
