@@ -245,7 +245,7 @@ class PostgresSink:
                 attempt += 1
                 log.warning("batch rolled back by PostgreSQL (attempt %d): %s", attempt, first_line(exc))
                 continue
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            except pg.UNAVAILABLE as exc:
                 self.close()
                 raise SinkUnavailable(f"PostgreSQL is unavailable: {first_line(exc)}") from exc
             except psycopg2.Error as exc:
