@@ -158,8 +158,13 @@ class Node:
         # The engine itself joins the node's cgroups before it starts, so that its containerd
         # and shims are in them too; --cgroup-parent puts the containers below.
         join = "; ".join(f"echo $$ > {d}/cgroup.procs" for d in self.cgroup_dirs())
+        # A configuration file of its own: the machine's /etc/docker/daemon.json is the main engine's
+        # (a data-root there would clash with --data-root, and the engine would refuse to start).
+        config = self.data_root.parent / f"{self.name}.json"
+        config.write_text("{}\n")
         dockerd = [
-            "dockerd", "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
+            "dockerd", "--config-file", str(config),
+            "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
             "--pidfile", str(self.exec_root / "dockerd.pid"), "-H", self.host,
             "--bip", f"172.30.{self.index}.1/24", "--cgroup-parent", f"/{self.cgroup}",
             "--storage-driver", "overlay2", "--log-level", "warn", "--dns", f"{SUBNET}.1",
@@ -395,6 +400,19 @@ def load(images: list[str], cluster: list[Node]) -> dict[str, list[str]]:
                              f"{done.stderr.decode(errors='replace')[-1000:]}")
         loaded[node.name] = missing
     return loaded
+
+
+def remove_other_tags(repository: str, keep: list[str], cluster: list[Node]) -> list[str]:
+    """Every image of ``repository`` on the nodes but those in ``keep`` removed (the releases earlier
+    runs rolled out: the data roots are kept between runs, and would otherwise fill the disk). What went."""
+    removed = []
+    for node in cluster:
+        out = node.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository, check=False)
+        stale = [name for name in out.stdout.decode().split() if name not in keep and not name.endswith(":<none>")]
+        if stale:
+            node.docker("image", "rm", *stale, check=False)
+            removed += [f"{node.name}:{name}" for name in stale]
+    return removed
 
 
 def status() -> list[dict]:
