@@ -37,8 +37,10 @@ that). The Swarm forms:
 * ``depends_on``, ``build``, ``pull_policy``, ``profiles``, ``security_opt``
   (no Swarm form: ``no-new-privileges`` is not applied to Swarm tasks) are dropped.
 
-Environment: ``DOCKER_HOST`` (a manager), ``SWARM_STACK`` (default tillflow),
-``SWARM_NODE_HOSTS`` (the other hosts' Docker URLs, for ``build``), ``SWARM_WITHOUT``,
+Environment (all but ``DOCKER_HOST`` also read from ``.env``; the environment wins):
+``DOCKER_HOST`` (a manager), ``SWARM_STACK`` (default tillflow), ``SWARM_NODE_HOSTS`` (the other hosts' Docker URLs, for
+``build``), ``SWARM_BUILD_HOST`` (the engine that builds, by default the manager: a build host
+spares the hosts that serve the tills the build's CPU), ``SWARM_WITHOUT``,
 ``SWARM_ENDPOINT_MODE`` (``vip``, the default: virtual addresses and the routing mesh;
 ``dnsrr`` where the kernel has no IPVS: services found by DNS, the API published on
 the port of each host it runs on),
@@ -576,22 +578,32 @@ def run_once(stack_file: Path, stack: str, service: str, args: list, timeout: fl
         docker("service", "rm", name, check=False)
 
 
-def build(image: str, hosts: list) -> list:
-    """``docker build`` of the checkout as ``image`` on this engine, then the image into every host of
-    ``hosts`` (Docker host URLs, e.g. ssh://deploy@host2) that lacks that very image, by
-    ``docker save | docker load``: no registry needed. The hosts it was loaded into."""
-    done = subprocess.run(["docker", "build", "-t", image, "."], cwd=ROOT, timeout=3600)
+def build(image: str, hosts: list, builder: str = "") -> list:
+    """``docker build`` of the checkout as ``image``, then the image into every host of ``hosts``
+    (Docker host URLs, e.g. ssh://deploy@host2) that lacks that very image, by ``docker save | docker
+    load``: no registry needed. The engine that builds is ``builder`` (a Docker host URL), by default
+    this one (``DOCKER_HOST``, the manager); a separate builder hands the image to this engine too.
+    The hosts it was loaded into."""
+    manager = os.environ.get("DOCKER_HOST", "")
+    at_builder = {**os.environ, "DOCKER_HOST": builder} if builder else dict(os.environ)
+    if builder and builder != manager:
+        hosts = [manager or "unix:///var/run/docker.sock", *hosts]
+    done = subprocess.run(["docker", "build", "-t", image, "."], cwd=ROOT, env=at_builder, timeout=3600)
     if done.returncode != 0:
-        raise SwarmConfigError(f"docker build of {image} failed (exit {done.returncode})")
-    local = docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+        raise SwarmConfigError(f"docker build of {image} failed (exit {done.returncode})"
+                               + (f" on {builder}" if builder else ""))
+    local = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], env=at_builder,
+                           capture_output=True, text=True, timeout=120).stdout.strip()
     loaded = []
-    for host in hosts:
+    for host in dict.fromkeys(hosts):
+        if host == builder:
+            continue
         env = {**os.environ, "DOCKER_HOST": host}
         there = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], env=env,
                                capture_output=True, text=True, timeout=120)
         if there.returncode == 0 and there.stdout.strip() == local:
             continue
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, env=at_builder)
         load = subprocess.run(["docker", "load", "-q"], stdin=save.stdout, env=env, capture_output=True, text=True,
                               timeout=3600)
         save.stdout.close()
@@ -608,28 +620,29 @@ def running_image(stack: str, service: str = "api") -> str:
 
 # ---------------------------------------------------------------- command line
 def main(argv=None) -> int:
+    settings = {**read_env_file(ROOT / ".env"), **os.environ}  # the environment over .env, as Compose reads them
     parser = argparse.ArgumentParser(prog="deploy/swarm.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("config", "deploy"):
         p = sub.add_parser(name)
-        p.add_argument("--out", default=os.environ.get("SWARM_OUT") or str(ROOT / DEFAULT_OUT))
+        p.add_argument("--out", default=settings.get("SWARM_OUT") or str(ROOT / DEFAULT_OUT))
         p.add_argument("--without", action="append", default=[], metavar="SERVICE")
-        p.add_argument("--stack", default=os.environ.get("SWARM_STACK") or DEFAULT_STACK)
+        p.add_argument("--stack", default=settings.get("SWARM_STACK") or DEFAULT_STACK)
         p.add_argument("--timeout", type=float, default=600)
     p = sub.add_parser("wait")
-    p.add_argument("--stack", default=os.environ.get("SWARM_STACK") or DEFAULT_STACK)
+    p.add_argument("--stack", default=settings.get("SWARM_STACK") or DEFAULT_STACK)
     p.add_argument("--timeout", type=float, default=600)
     p = sub.add_parser("run")
-    p.add_argument("--stack", default=os.environ.get("SWARM_STACK") or DEFAULT_STACK)
-    p.add_argument("--out", default=os.environ.get("SWARM_OUT") or str(ROOT / DEFAULT_OUT))
+    p.add_argument("--stack", default=settings.get("SWARM_STACK") or DEFAULT_STACK)
+    p.add_argument("--out", default=settings.get("SWARM_OUT") or str(ROOT / DEFAULT_OUT))
     p.add_argument("service")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p = sub.add_parser("image")
-    p.add_argument("--stack", default=os.environ.get("SWARM_STACK") or DEFAULT_STACK)
+    p.add_argument("--stack", default=settings.get("SWARM_STACK") or DEFAULT_STACK)
     p = sub.add_parser("build")
     p.add_argument("image")
     args = parser.parse_args(argv)
-    without = tuple(getattr(args, "without", None) or [w for w in os.environ.get("SWARM_WITHOUT", "").split(",") if w])
+    without = tuple(getattr(args, "without", None) or [w for w in settings.get("SWARM_WITHOUT", "").split(",") if w])
     try:
         if args.command in ("config", "deploy"):
             path = Generator(ROOT, dict(os.environ), Path(args.out), args.stack, without).write()
@@ -648,8 +661,8 @@ def main(argv=None) -> int:
         elif args.command == "image":
             print(running_image(args.stack))
         elif args.command == "build":
-            hosts = [h for h in re.split(r"[\s,]+", os.environ.get("SWARM_NODE_HOSTS", "")) if h]
-            loaded = build(args.image, hosts)
+            hosts = [h for h in re.split(r"[\s,]+", settings.get("SWARM_NODE_HOSTS", "")) if h]
+            loaded = build(args.image, hosts, settings.get("SWARM_BUILD_HOST", "").strip())
             print(f"swarm: built {args.image}; loaded into {', '.join(loaded) or 'no other host'}", file=sys.stderr)
     except (SwarmConfigError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"swarm: {exc}", file=sys.stderr)

@@ -235,6 +235,25 @@ def test_swarm_mode_builds_the_commit_s_image_deploys_the_stack_with_it_and_runs
     assert site.head() == commit and site.deploys()[-1]["outcome"] == "deployed"
 
 
+def test_swarm_mode_and_its_hosts_set_in_the_work_tree_s_env_file_hold_for_a_deploy_a_push_starts(site):
+    # The README's swarm set-up writes DEPLOY_MODE=swarm to .env: the hook's environment has none of it.
+    (site.work / ".env").write_text(f"DEPLOY_MODE=swarm\nSWARM_NODE_HOSTS='ssh://deploy@host2 ssh://deploy@host3'\n"
+                                    f"SWARM={sys.executable} -S {FAKE_COMPOSE}\n")
+    commit = site.push("release 2")
+    done = site.redeploy()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert site.commands() == ["image", "config", "build", "deploy", "smoke"]
+    build = next(c for c in site.calls() if c["command"] == "build")
+    assert build["args"] == ["build", f"tillflow:git-{commit[:12]}"]
+    assert build["node_hosts"] == "ssh://deploy@host2 ssh://deploy@host3"
+    # The environment wins over .env, as with Compose.
+    site.push("release 3")
+    before = len(site.calls())
+    assert site.redeploy(DEPLOY_MODE="compose").returncode == 0
+    after = [c["command"] for c in site.calls()[before:]]
+    assert "up" in after and "deploy" not in after, after
+
+
 def test_swarm_mode_a_release_swarm_rolled_back_is_deployed_back_with_the_previous_image(site):
     good = site.push("release 2")
     assert site.redeploy(**swarm_env(site)).returncode == 0

@@ -115,7 +115,7 @@ def main() -> int:
     code = answer(command, args, flags())
     entry = {"args": args, "command": command, "commit": head(), "pid": os.getpid(), "ppid": os.getppid(),
              "start": started, "end": time.time(), "exit": code, "tag": os.environ.get("FAKE_COMPOSE_TAG", ""),
-             "image": os.environ.get("TILLFLOW_IMAGE", "")}
+             "image": os.environ.get("TILLFLOW_IMAGE", ""), "node_hosts": os.environ.get("SWARM_NODE_HOSTS", "")}
     with open(os.environ["FAKE_COMPOSE_LOG"], "a", encoding="utf-8") as log:
         log.write(json.dumps(entry) + "\n")
     return code

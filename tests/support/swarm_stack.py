@@ -22,6 +22,7 @@ class SwarmStack:
     api_port: int
     services: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    checkout: object = None  # the ComposeStack that prepared dir: a git work tree with origin beside it
 
     @property
     def manager(self) -> swarm.Node:

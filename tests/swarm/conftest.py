@@ -80,11 +80,20 @@ def swarm_stack(tmp_path_factory, watchdog_dir) -> SwarmStack:
         timings["engines"] = time.monotonic() - mark
         mark = time.monotonic()
         loaded = swarm.load(images + [i for i in [compose_image("GRAFANA_IMAGE")] if not without], nodes)
+        removed = swarm.remove_other_tags(tillflow_image.split(":")[0], [tillflow_image], nodes)
         timings["images"] = time.monotonic() - mark
-        print(f"\nswarm: images loaded {loaded or 'none (cached by id)'} in {timings['images']:.0f} s", flush=True)
-        env = {**os.environ, "DOCKER_HOST": nodes[0].host, "SWARM_WITHOUT": ",".join(without)}
+        print(f"\nswarm: images loaded {loaded or 'none (cached by id)'} in {timings['images']:.0f} s"
+              f"{f'; earlier runs’ releases removed: {removed}' if removed else ''}", flush=True)
+        # The README's set-up on host1: the deploy settings in .env. The engines have no route out (no
+        # PyPI, no Debian mirror), so the image of a release is built by this machine's engine, which
+        # hands it to the three hosts (SWARM_BUILD_HOST).
+        with (workdir / ".env").open("a", encoding="utf-8") as dotenv:
+            dotenv.write(f"DEPLOY_MODE=swarm\nSWARM_NODE_HOSTS={' '.join(n.host for n in nodes[1:])}\n"
+                         f"SWARM_BUILD_HOST={os.environ.get('DOCKER_HOST') or 'unix:///var/run/docker.sock'}\n")
+        env = {**os.environ, "DOCKER_HOST": nodes[0].host, "SWARM_WITHOUT": ",".join(without),
+               "SWARM": f"{sys.executable} deploy/swarm.py"}
         env.pop("COMPOSE_FILE", None)
-        stack = SwarmStack(workdir, nodes, env, api_port, timings=timings)
+        stack = SwarmStack(workdir, nodes, env, api_port, timings=timings, checkout=prepared)
         mark = time.monotonic()
         stack.deploy_output = stack.swarm_py("deploy", "--timeout", str(DEPLOY_WITHIN)).stderr
         timings["deploy"] = time.monotonic() - mark

@@ -1,4 +1,5 @@
-"""The Swarm stack across three "hosts": a whole host lost, and a rolling update, under steady load.
+"""The Swarm stack across three "hosts": a whole host lost, and a push to main rolled out by
+deploy/redeploy, under steady load.
 
 One stack for the session (tests/swarm/conftest.py): three Docker engines on
 this machine, each in a network namespace of its own, joined into one swarm,
@@ -15,6 +16,7 @@ The tests run in file order and share the stack.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 import pytest
@@ -125,37 +127,42 @@ def _converged(stack: SwarmStack) -> bool:
     return stack.swarm_py("wait", "--timeout", "5", check=False, timeout=120).returncode == 0
 
 
-def _build_next_release(stack: SwarmStack, base: str, tag: str) -> None:
-    """A new Tillflow image on every host: the same code with one more label (what a release looks like
-    to Swarm: another image name)."""
-    for node in stack.nodes:
-        dockerfile = f"FROM {base}\nLABEL org.tillflow.swarm-test-release={tag}\n".encode()
-        done = subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, env=node.env(),
-                              capture_output=True, timeout=300)
-        assert done.returncode == 0, done.stderr.decode()[-2000:]
-
-
-def test_a_rolling_update_of_the_tillflow_image_under_load_loses_nothing(swarm_stack: SwarmStack, token: str):
-    base = swarm_stack.swarm_py("image").stdout.strip()
-    release = f"{base.split(':')[0]}:swarm-test-{int(time.time())}"
-    _build_next_release(swarm_stack, base, release)
-    with SteadyTills(swarm_stack.urls(), token, RATE_BATCH, RATE_EVERY) as tills:
-        tills.wait_acknowledged(200)
-        started = time.monotonic()
-        done = swarm_stack.swarm_py("deploy", "--timeout", "600", env={"TILLFLOW_IMAGE": release})
-        took = time.monotonic() - started
-        tills.wait_acknowledged(200, timeout=120)
-        gap = tills.longest_gap(since=started)
-        failed = tills.failures_between(started, time.monotonic())
-    assert swarm_stack.swarm_py("image").stdout.strip() == release, done.stderr[-2000:]
-    for service in ("api", "consumer", "watcher", "backup"):
-        image = swarm_stack.docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-                                   f"{STACK}_{service}").stdout.strip()
-        assert image.split("@")[0] == release, (service, image)
-    figures = exactly_once(swarm_stack, tills)
-    print(f"\nrolling update to {release} in {took:.0f} s under load: {figures['acknowledged']} acknowledged, "
-          f"{figures['stored']} stored, {figures['lost']} lost, {figures['duplicates']} duplicates; longest time "
-          f"without an acknowledgement {gap:.1f} s; {failed} failed attempts, each retried with the same ids "
-          f"and then acknowledged ({tills.abandoned} abandoned)", flush=True)
+def test_a_push_to_main_is_rolled_out_by_redeploy_under_load_and_loses_nothing(swarm_stack: SwarmStack, token: str):
+    """Point 4 and the rolling update at once: main moves; deploy/redeploy, run on the manager as the
+    post-receive hook runs it (its settings from .env, as the README's set-up writes them), builds
+    tillflow:git-<commit>, hands it to the three hosts, rolls it out while the tills post, waits until
+    every service converged and is healthy, and runs `make smoke`."""
+    before = swarm_stack.swarm_py("image").stdout.strip()
+    commit = swarm_stack.checkout.push_change(
+        "tillflow/__init__.py", lambda text: text + "# a release rolled out by tests/swarm\n",
+        "a release for the swarm test")
+    release = f"tillflow:git-{commit[:12]}"
+    try:
+        with SteadyTills(swarm_stack.urls(), token, RATE_BATCH, RATE_EVERY) as tills:
+            tills.wait_acknowledged(200)
+            started = time.monotonic()
+            done = subprocess.run([sys.executable, "deploy/redeploy"], cwd=swarm_stack.dir, env=swarm_stack.env,
+                                  capture_output=True, text=True, timeout=1500)
+            took = time.monotonic() - started
+            tills.wait_acknowledged(200, timeout=120)
+            gap = tills.longest_gap(since=started)
+            failed = tills.failures_between(started, time.monotonic())
+        transcript = done.stdout[-6000:] + done.stderr[-2000:]
+        assert done.returncode == 0, transcript
+        assert f"deployed {commit[:12]}" in done.stdout and "make --no-print-directory smoke" in done.stdout, transcript
+        assert swarm_stack.swarm_py("image").stdout.strip() == release != before
+        for service in ("api", "consumer", "watcher", "backup"):
+            image = swarm_stack.docker("service", "inspect", "--format",
+                                       "{{.Spec.TaskTemplate.ContainerSpec.Image}}", f"{STACK}_{service}").stdout
+            assert image.strip().split("@")[0] == release, (service, image)
+        assert swarm_stack.checkout.git("rev-parse", "HEAD") == commit
+        figures = exactly_once(swarm_stack, tills)
+    finally:
+        subprocess.run(["docker", "image", "rm", release], capture_output=True)  # this machine's engine built it
+    print(f"\nredeploy of {commit[:12]} ({before} -> {release}) in {took:.0f} s under load: "
+          f"{figures['acknowledged']} acknowledged, {figures['stored']} stored, {figures['lost']} lost, "
+          f"{figures['duplicates']} duplicates; longest time without an acknowledgement {gap:.1f} s; {failed} "
+          f"failed attempts, each retried with the same ids and then acknowledged ({tills.abandoned} abandoned)",
+          flush=True)
     assert figures["lost"] == 0 and figures["duplicates"] == 0
     assert tills.abandoned == 0
