@@ -367,6 +367,11 @@ def down() -> None:
         if node.answers():
             node.forget()
         node.stop()
+        # dockerd bind-mounts its data root onto itself and undoes it on a clean stop only: an engine
+        # killed -9 (a lost host) leaves the mount behind, and the directory cannot be removed.
+        while os.path.ismount(node.data_root):
+            if sh(["umount", str(node.data_root)], check=False).returncode != 0:
+                break
         node.unplumb()
     _dns_down()
     if sh(["ip", "link", "show", BRIDGE], check=False).returncode == 0:
