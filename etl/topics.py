@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from tillflow.config import Settings
 from tillflow.errors import PublishError
-from tillflow.kafka_admin import MIN_INSYNC_REPLICAS, RESULT_GRACE, admin_client, describe_error
+from tillflow.kafka_admin import MIN_INSYNC_REPLICAS, admin_client, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +71,37 @@ def create_topics(bootstrap_servers, names: list[str], *, partitions: int = PART
     return created
 
 
-def wait_for_group_coordinator(bootstrap_servers, group: str, *, timeout: float = 60) -> bool:
-    """Ask the cluster about ``group`` until its coordinator answers; False if it did not in time.
+def wait_for_group_coordinator(bootstrap_servers, group: str, topic: str, *, timeout: float = 60) -> bool:
+    """Ask ``group``'s coordinator for its committed offset of ``topic`` until it answers; False if it
+    did not in time.
 
     On a fresh cluster the first such question creates ``__consumer_offsets``
     (50 partitions, 3 replicas each) and every broker then loads its share:
     seconds on a small, busy machine, which the set-up pays here instead of the
     consumer's first batch (the first file after ``make local`` or
     ``docker compose up`` waits for nothing).
+
+    Asked as the consumer asks it (OffsetFetch, through a consumer that joins no
+    group), not with the admin client's DescribeConsumerGroups: librdkafka 2.16
+    can abort the whole process in the admin client's coordinator requests when a
+    connection drops meanwhile, as a starting cluster's do (confluentinc/librdkafka
+    issue 4605; `tillflow create-topics` died so with SIGABRT in kafka-init).
     """
     deadline = time.monotonic() + timeout
-    admin = admin_client(bootstrap_servers, client_id="tillflow-topics", timeout=min(10.0, timeout))
-    while time.monotonic() < deadline:
-        wait = max(1.0, min(10.0, deadline - time.monotonic()))
-        try:
-            admin.describe_consumer_groups([group], request_timeout=wait)[group].result(timeout=wait + RESULT_GRACE)
-            return True  # the group exists, or (Kafka 4's coordinator) it is known not to
-        except KafkaException as exc:
-            if exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
-                return True
-        except TimeoutError:
-            pass
-        time.sleep(0.5)
-    return False
+    consumer = Consumer({"bootstrap.servers": ",".join(bootstrap_servers), "group.id": group,
+                         "client.id": "tillflow-topics", "enable.auto.commit": False,
+                         "socket.timeout.ms": int(min(10.0, timeout) * 1000), "logger": log})
+    try:
+        while time.monotonic() < deadline:
+            wait = max(1.0, min(10.0, deadline - time.monotonic()))
+            try:
+                consumer.committed([TopicPartition(topic, 0)], timeout=wait)
+                return True  # the coordinator answered (with an offset, or with none)
+            except KafkaException:
+                time.sleep(0.5)
+        return False
+    finally:
+        consumer.close()
 
 
 def cli_create_topics(settings: Settings, partitions: int | None = None) -> int:
@@ -101,7 +109,8 @@ def cli_create_topics(settings: Settings, partitions: int | None = None) -> int:
     created = create_topics(settings.kafka_bootstrap_servers, names, partitions=partitions or PARTITIONS)
     for name in names:
         print(f"{name}: {'created' if name in created else 'exists'}")
-    if not wait_for_group_coordinator(settings.kafka_bootstrap_servers, settings.consumer_group):
+    if not wait_for_group_coordinator(settings.kafka_bootstrap_servers, settings.consumer_group,
+                                      settings.topic_transactions):
         # Not fatal: the consumer waits for the coordinator by itself.
         log.warning("the coordinator of consumer group %s did not answer yet", settings.consumer_group)
     return 0

@@ -87,7 +87,7 @@ def test_set_up_waits_for_a_group_coordinator_and_gives_up_when_there_is_none(ru
     from etl.topics import wait_for_group_coordinator
 
     servers = running_kafka.bootstrap_servers.split(",")
-    assert wait_for_group_coordinator(servers, f"fresh-{time.monotonic_ns()}", timeout=60)
+    assert wait_for_group_coordinator(servers, f"fresh-{time.monotonic_ns()}", "no-such-topic", timeout=60)
     started = time.monotonic()
-    assert not wait_for_group_coordinator([f"127.0.0.1:{free_port()}"], "nobody", timeout=2)
+    assert not wait_for_group_coordinator([f"127.0.0.1:{free_port()}"], "nobody", "no-such-topic", timeout=2)
     assert time.monotonic() - started < 15  # its timeout bounds even the first connection
