@@ -96,8 +96,9 @@ class Worker:
             # A database outage must not cost us the group: we keep polling
             # (paused) while it lasts, so this only bounds one batch's write.
             "max.poll.interval.ms": 300_000,
-            "session.timeout.ms": 30_000,
-            "heartbeat.interval.ms": 3_000,
+            # A member that died holds its partitions this long before the others take them over.
+            "session.timeout.ms": s.consumer_session_timeout_ms,
+            "heartbeat.interval.ms": min(3_000, s.consumer_session_timeout_ms // 3),
             # Fewer, larger fetches: a broker answers once it has 256 KiB (compressed)
             # or 200 ms passed, instead of once per produce request.
             "fetch.min.bytes": 256 * 1024,

@@ -11,6 +11,7 @@ Errors::
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -158,6 +159,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is neither true nor false")
 
 
+def _duration(env: Mapping[str, str], name: str, default: str) -> str:
+    """A duration as Prometheus and Alertmanager write one: 90s, 5m, 1h30m."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", raw) or not re.search(r"[1-9]", raw):
+        raise ConfigError(f"{name}={raw!r} must be a duration such as 90s, 5m or 1h30m")
+    return raw
+
+
 def _host_port(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -205,6 +216,7 @@ class Settings:
     consumer_group: str = "tillflow-writer"
     consumer_batch_size: int = 10_000
     consumer_batch_timeout_ms: int = 500
+    consumer_session_timeout_ms: int = 30_000
     tax_rate: Decimal = DEFAULT_TAX_RATE
     store_id: str = "main"
     inbox_dir: Path | None = None
@@ -252,6 +264,7 @@ class Settings:
     alert_smtp_username: str | None = None
     alert_smtp_password: str | None = None
     alert_smtp_require_tls: bool = True
+    alert_group_interval: str = "5m"
 
     @classmethod
     def from_env(
@@ -297,6 +310,9 @@ class Settings:
             consumer_group=env.get("KAFKA_CONSUMER_GROUP", "").strip() or cls.consumer_group,
             consumer_batch_size=_int(env, "CONSUMER_BATCH_SIZE", cls.consumer_batch_size, minimum=1),
             consumer_batch_timeout_ms=_int(env, "CONSUMER_BATCH_TIMEOUT_MS", cls.consumer_batch_timeout_ms, minimum=1),
+            # The brokers refuse a session under 6 s (group.min.session.timeout.ms).
+            consumer_session_timeout_ms=_int(env, "CONSUMER_SESSION_TIMEOUT_MS", cls.consumer_session_timeout_ms,
+                                             minimum=6_000),
             tax_rate=_tax_rate(env),
             store_id=store,
             inbox_dir=inbox_dir,
@@ -339,4 +355,5 @@ class Settings:
             alert_smtp_username=env.get("ALERT_SMTP_USERNAME", "").strip() or None,
             alert_smtp_password=_secret(env, "ALERT_SMTP_PASSWORD"),
             alert_smtp_require_tls=_bool(env, "ALERT_SMTP_REQUIRE_TLS", cls.alert_smtp_require_tls),
+            alert_group_interval=_duration(env, "ALERT_GROUP_INTERVAL", cls.alert_group_interval),
         )

@@ -194,7 +194,8 @@ def test_postgres_down_for_30s_loses_nothing_and_doubles_nothing(env, migrated_d
 def test_consumer_sigkilled_mid_stream_and_restarted_stores_each_id_once(env, migrated_db, tmp_path):
     items = list(sample.rows(30_000, seed=18, start=DAY, days=1))
     tillflow(env, "load", str(sample.write_csv(tmp_path / sample.csv_name(DAY), items)))
-    small = env | {"CONSUMER_BATCH_SIZE": "500"}
+    # The brokers' shortest session: a killed member's partitions move after 6 s, not 30.
+    small = env | {"CONSUMER_BATCH_SIZE": "500", "CONSUMER_SESSION_TIMEOUT_MS": "6000"}
     for _ in range(2):
         proc = start_consumer(small, tmp_path / "consumer.log")
         before = len(stored(migrated_db))

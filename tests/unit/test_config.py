@@ -14,6 +14,7 @@ def test_defaults():
     s = Settings.from_env({})
     assert s.tax_rate == Decimal("0.20") and s.store_id == "main"
     assert s.topic_transactions == "tillflow.transactions" and s.consumer_group == "tillflow-writer"
+    assert s.consumer_session_timeout_ms == 30_000
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,7 @@ def test_defaults():
         ({"TAX_RATE": "NaN"}, {}, "TAX_RATE"),
         ({"CONSUMER_BATCH_SIZE": "0"}, {}, "CONSUMER_BATCH_SIZE"),
         ({"CONSUMER_BATCH_SIZE": "lots"}, {}, "CONSUMER_BATCH_SIZE"),
+        ({"CONSUMER_SESSION_TIMEOUT_MS": "5999"}, {}, "CONSUMER_SESSION_TIMEOUT_MS"),
         ({"LOG_LEVEL": "chatty"}, {}, "LOG_LEVEL"),
         ({"TILLFLOW_WRITER_PASSWORD": "changeme"}, {}, "TILLFLOW_WRITER_PASSWORD"),
         ({"DATABASE_PASSWORD_FILE": "/nonexistent/secret", "DATABASE_URL": "postgresql://u@h/d"}, {},
