@@ -34,7 +34,7 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -130,8 +130,9 @@ def _email(settings: Settings) -> tuple[dict, dict] | None:
     return smtp, receiver
 
 
-def render(settings: Settings, timing: Timing = PRODUCTION) -> Rendered:
-    """alertmanager.yml for these settings."""
+def render(settings: Settings, timing: Timing | None = None) -> Rendered:
+    """alertmanager.yml for these settings (``timing``: ``PRODUCTION`` with the settings' group interval)."""
+    timing = timing or replace(PRODUCTION, group_interval=settings.alert_group_interval)
     receiver: dict = {"name": RECEIVER}
     used = []
     if settings.alert_webhook_url:

@@ -37,7 +37,7 @@ EMAIL = {"ALERT_EMAIL_TO": "oncall@example.com, boss@example.com", "ALERT_EMAIL_
 LOGIN = {"ALERT_SMTP_USERNAME": "tillflow", "ALERT_SMTP_PASSWORD": "a-real-password"}
 
 
-def rendered(env: dict[str, str], timing: Timing = PRODUCTION) -> dict:
+def rendered(env: dict[str, str], timing: Timing | None = None) -> dict:
     return yaml.safe_load(render(Settings.from_env(env), timing).text)
 
 
@@ -177,7 +177,18 @@ def test_production_grouping_does_not_flood():
     assert PRODUCTION == Timing()
 
 
-def test_a_test_may_shorten_the_timing_through_the_renderer_only(tmp_path):
+def test_alert_group_interval_sets_how_often_a_group_s_changes_and_its_resolution_go_out(tmp_path):
+    route = rendered({**WEBHOOK, "ALERT_GROUP_INTERVAL": "1m"})["route"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("30s", "1m", "4h")
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(rendered({**WEBHOOK, "ALERT_GROUP_INTERVAL": "1h30m"})))
+    amtool_check(path)
+    for bad in ("5 minutes", "0s", "10", "-1m"):
+        with pytest.raises(ConfigError, match="ALERT_GROUP_INTERVAL"):
+            Settings.from_env({**WEBHOOK, "ALERT_GROUP_INTERVAL": bad})
+
+
+def test_a_test_may_shorten_the_whole_timing_through_the_renderer(tmp_path):
     config = rendered(WEBHOOK, Timing("1s", "2s", "1h"))
     assert (config["route"]["group_wait"], config["route"]["group_interval"]) == ("1s", "2s")
     path = tmp_path / "alertmanager.yml"
