@@ -592,16 +592,13 @@ def build(image: str, hosts: list, builder: str = "") -> list:
     if done.returncode != 0:
         raise SwarmConfigError(f"docker build of {image} failed (exit {done.returncode})"
                                + (f" on {builder}" if builder else ""))
-    local = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], env=at_builder,
-                           capture_output=True, text=True, timeout=120).stdout.strip()
+    local = _image_id(image, at_builder)
+    if local is None:
+        raise SwarmConfigError(f"{image} was built, but its engine does not list it")
     loaded = []
     for host in dict.fromkeys(hosts):
-        if host == builder:
-            continue
         env = {**os.environ, "DOCKER_HOST": host}
-        there = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], env=env,
-                               capture_output=True, text=True, timeout=120)
-        if there.returncode == 0 and there.stdout.strip() == local:
+        if host == builder or _image_id(image, env) == local:
             continue
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, env=at_builder)
         load = subprocess.run(["docker", "load", "-q"], stdin=save.stdout, env=env, capture_output=True, text=True,
@@ -611,6 +608,13 @@ def build(image: str, hosts: list, builder: str = "") -> list:
             raise SwarmConfigError(f"{image} into {host}: {load.stderr.strip()[-500:]}")
         loaded.append(host)
     return loaded
+
+
+def _image_id(image: str, env: dict) -> str | None:
+    """The id of ``image`` on the engine ``env`` names (DOCKER_HOST); None where it has no such image."""
+    done = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], env=env,
+                          capture_output=True, text=True, timeout=120)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def running_image(stack: str, service: str = "api") -> str:

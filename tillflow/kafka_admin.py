@@ -29,9 +29,10 @@ MIN_INSYNC_REPLICAS = 2
 
 # How much longer than a request's own request_timeout Python waits for its future.
 # librdkafka always completes an admin request's future itself (with _TIMED_OUT at
-# the latest); a future given up on earlier leaves the request in flight, and
-# destroying the client with requests in flight can abort the process inside
-# librdkafka (seen: rd_kafka_enq_once_del_source_return's refcount assertion).
+# the latest); a future given up on earlier leaves the request in flight when the
+# client is destroyed. (The rd_kafka_enq_once_del_source_return abort seen in
+# create-topics was another cause: librdkafka issue 4605, in the admin client's
+# coordinator requests, which etl.topics therefore no longer makes.)
 RESULT_GRACE = 5.0
 
 
